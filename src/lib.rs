@@ -317,22 +317,76 @@ fn spawn_watchdog(server_pid: u32, dir: &Path) {
 }
 
 fn wait_until_accepting(url: &str, dir: &Path) {
+    // Callers are often inside an async runtime, which cannot block on
+    // another one: probe from a thread of our own.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime for the readiness probe");
+                loop {
+                    match runtime.block_on(PgConnection::connect(url)) {
+                        Ok(conn) => {
+                            let _ = runtime.block_on(conn.close());
+                            return;
+                        }
+                        Err(e) if Instant::now() > deadline => {
+                            let log = fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                            panic!("the throwaway PostgreSQL did not start: {e}\n{log}");
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                }
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    });
+}
+
+/// Blocks until session `pid` is waiting for an advisory lock (an ungranted
+/// row in `pg_locks`): the way tests know a blocking acquire has reached the
+/// server, without guessing with a sleep.
+///
+/// # Panics
+///
+/// When the session is not seen waiting within a minute.
+pub async fn until_waiting(observer: &mut PgConnection, pid: i32) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime for the readiness probe");
     loop {
-        match runtime.block_on(PgConnection::connect(url)) {
-            Ok(conn) => {
-                let _ = runtime.block_on(conn.close());
-                return;
-            }
-            Err(e) if Instant::now() > deadline => {
-                let log = fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-                panic!("the throwaway PostgreSQL did not start: {e}\n{log}");
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT FROM pg_locks
+                             WHERE locktype = 'advisory' AND NOT granted AND pid = $1)",
+        )
+        .bind(pid)
+        .fetch_one(&mut *observer)
+        .await
+        .expect("read pg_locks");
+        if waiting {
+            return;
         }
+        assert!(Instant::now() < deadline, "session {pid} never waited for a lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Takes `id` exclusively on a new session of its own and keeps it until the
+/// returned session is closed or unlocks it.
+pub async fn hold_elsewhere(id: LockId) -> PgConnection {
+    let mut holder = connect().await;
+    lock_on(&mut holder, id).await;
+    holder
+}
+
+/// Takes `id` exclusively on `conn` with hand-written SQL, waiting if need be.
+pub async fn lock_on(conn: &mut PgConnection, id: LockId) {
+    match id {
+        LockId::Int8(k) => sqlx::query("SELECT pg_advisory_lock($1)").bind(k),
+        LockId::Int4Pair(a, b) => sqlx::query("SELECT pg_advisory_lock($1, $2)").bind(a).bind(b),
+    }
+    .execute(conn)
+    .await
+    .expect("take a lock by hand");
 }

@@ -1,12 +1,16 @@
 //! The one error type of this crate.
 
+use std::fmt;
+
 /// Everything that can go wrong while taking, releasing or inspecting a lock.
 ///
 /// A lock that could not be had within a caller's timeout, or at once for the
 /// `try_` forms, is not an error: those methods return `Ok(false)` or
 /// `Ok(None)`. Whatever the error, the call that returns it leaves none of
 /// its own ids held; holds the session has through other lock objects are
-/// untouched.
+/// untouched. The errors the server reports while a lock waits (deadlock,
+/// timeouts, cancel, a full lock table) are caught on the server, so they do
+/// not abort an enclosing transaction.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -15,26 +19,30 @@ pub enum Error {
     NotHeld,
 
     /// The server's deadlock detector chose this session's wait as the one to
-    /// cancel (SQLSTATE 40P01). An enclosing transaction is not aborted.
+    /// cancel (SQLSTATE 40P01).
     #[error("deadlock detected while waiting for an advisory lock")]
-    Deadlock(#[source] sqlx::Error),
+    Deadlock(#[source] ServerError),
 
     /// The server's shared lock table is full (SQLSTATE 53200): no lock of
     /// any kind can be granted until others are released, or the server is
     /// restarted with a larger `max_locks_per_transaction`.
     #[error("the server's lock table is full (raise max_locks_per_transaction)")]
-    LockTableFull(#[source] sqlx::Error),
+    LockTableFull(#[source] ServerError),
 
     /// The session's own `lock_timeout` expired while a blocking acquire
-    /// waited (SQLSTATE 55P03). Use `acquire_timeout` to wait a bounded time
-    /// without an error.
+    /// waited (SQLSTATE 55P03). The `_timeout` forms wait a bounded time and
+    /// report `false` instead.
     #[error("lock_timeout expired while waiting for an advisory lock")]
-    LockTimeout(#[source] sqlx::Error),
+    LockTimeout(#[source] ServerError),
 
     /// The wait was cancelled on the server: `statement_timeout`, a cancel
     /// request or `pg_cancel_backend` (SQLSTATE 57014).
     #[error("waiting for an advisory lock was cancelled")]
-    Canceled(#[source] sqlx::Error),
+    Canceled(#[source] ServerError),
+
+    /// Any other error the server reported while taking the ids.
+    #[error("the server refused the advisory lock")]
+    Server(#[source] ServerError),
 
     /// A transaction-level lock was requested on a connection that is not in
     /// a transaction, where it would be released at the end of its own
@@ -42,21 +50,60 @@ pub enum Error {
     #[error("transaction-level advisory locks need an open transaction")]
     NotInTransaction,
 
-    /// Any other error from sqlx or the server, including a lost connection.
+    /// Any other error from sqlx, including a lost connection.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
 
+/// An error the server reported while taking advisory locks: its SQLSTATE
+/// and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerError {
+    code: String,
+    message: String,
+}
+
+impl ServerError {
+    /// The five-character SQLSTATE, e.g. `40P01`.
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// The server's message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (SQLSTATE {})", self.message, self.code)
+    }
+}
+
+impl std::error::Error for ServerError {}
+
 impl Error {
-    /// Builds the typed error for a SQLSTATE reported by the server.
-    pub(crate) fn from_server(code: &str, error: sqlx::Error) -> Error {
-        match code {
-            "40P01" => Error::Deadlock(error),
-            "53200" => Error::LockTableFull(error),
-            "55P03" => Error::LockTimeout(error),
-            "57014" => Error::Canceled(error),
-            _ => Error::Database(error),
+    /// The typed error for a SQLSTATE and message reported by the server.
+    pub(crate) fn from_server(code: String, message: String) -> Error {
+        let variant = match code.as_str() {
+            "40P01" => Error::Deadlock,
+            "53200" => Error::LockTableFull,
+            "55P03" => Error::LockTimeout,
+            "57014" => Error::Canceled,
+            _ => Error::Server,
+        };
+        variant(ServerError { code, message })
+    }
+
+    /// Types an sqlx error by its SQLSTATE where it has one of ours.
+    pub(crate) fn from_sqlx(error: sqlx::Error) -> Error {
+        if let sqlx::Error::Database(db) = &error {
+            if let Some(code @ ("40P01" | "53200" | "55P03" | "57014")) = db.code().as_deref() {
+                return Error::from_server(code.to_owned(), db.message().to_owned());
+            }
         }
+        Error::Database(error)
     }
 
     /// Whether this error means the connection itself is gone.

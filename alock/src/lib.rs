@@ -6,9 +6,14 @@
 
 mod error;
 mod key;
+mod lock;
+mod pending;
+mod protocol;
+mod sql;
 mod namespace;
 
-pub use error::Error;
+pub use error::{Error, ServerError};
+pub use lock::{AdvisoryLock, Exclusive, ExclusiveLock, Mode, ShareLock, Shared};
 pub use key::{AdvisoryKey, AdvisoryKeys, LockId};
 // BEGIN derive exports (owned by the derive work)
 pub use namespace::namespace;

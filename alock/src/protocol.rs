@@ -1,0 +1,189 @@
+//! The operations every lock form is built from, on a bare `PgConnection`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::{AssertSqlSafe, PgConnection, Row};
+
+use crate::sql::{self, Outcome, Wait};
+use crate::{Error, LockId, pending};
+
+/// How to wait for ids that another session holds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Patience {
+    /// Give up at once.
+    None,
+    /// Wait until granted.
+    Forever,
+    /// Wait at most this long, measured on the server.
+    For(Duration),
+}
+
+/// Takes every id in order, all or nothing; `Ok(false)` when some id was
+/// busy and `patience` ran out.
+///
+/// Round trips: one id that is free, 1; one id that is busy, 2 (the first
+/// never waits, so a free id costs no more than hand-written SQL); several
+/// ids, 1. If the future is dropped while a statement is in flight, a
+/// cleanup is queued on the connection that releases the ids if, and only
+/// if, that statement ends up taking them.
+pub(crate) async fn acquire(
+    conn: &mut PgConnection,
+    ids: &[LockId],
+    shared: bool,
+    patience: Patience,
+) -> Result<bool, Error> {
+    if ids.is_empty() {
+        return Ok(true);
+    }
+    let started = Instant::now();
+    let mut flight = InFlight {
+        conn,
+        ids,
+        shared,
+        token: next_token(),
+        armed: true,
+    };
+    let taken = match (ids, patience) {
+        ([id], _) => match try_one(flight.conn, *id, shared, flight.token).await {
+            Ok(true) => Ok(true),
+            Ok(false) if matches!(patience, Patience::None) => Ok(false),
+            Ok(false) => {
+                let wait = match patience {
+                    Patience::For(limit) => Wait::Until(limit.saturating_sub(started.elapsed())),
+                    _ => Wait::Forever,
+                };
+                run_block(flight.conn, ids, shared, wait, flight.token).await
+            }
+            Err(e) => Err(e),
+        },
+        (_, Patience::None) => run_block(flight.conn, ids, shared, Wait::No, flight.token).await,
+        (_, Patience::Forever) => {
+            run_block(flight.conn, ids, shared, Wait::Forever, flight.token).await
+        }
+        (_, Patience::For(limit)) => {
+            run_block(flight.conn, ids, shared, Wait::Until(limit), flight.token).await
+        }
+    };
+    flight.armed = false;
+    taken
+}
+
+async fn try_one(conn: &mut PgConnection, id: LockId, shared: bool, token: u64) -> Result<bool, Error> {
+    let query = sqlx::query_scalar::<_, Option<String>>(sql::try_one(id, shared));
+    let query = match id {
+        LockId::Int8(key) => query.bind(key),
+        LockId::Int4Pair(key1, key2) => query.bind(key1).bind(key2),
+    };
+    let token = query
+        .bind(token.to_string())
+        .fetch_one(conn)
+        .await
+        .map_err(Error::from_sqlx)?;
+    Ok(token.is_some())
+}
+
+async fn run_block(
+    conn: &mut PgConnection,
+    ids: &[LockId],
+    shared: bool,
+    wait: Wait,
+    token: u64,
+) -> Result<bool, Error> {
+    let block = sql::acquire_block(ids, shared, wait, token);
+    let row = sqlx::raw_sql(AssertSqlSafe(block))
+        .fetch_one(conn)
+        .await
+        .map_err(Error::from_sqlx)?;
+    let outcome: String = row.try_get(0).map_err(Error::Database)?;
+    match Outcome::parse(&outcome) {
+        Outcome::Acquired => Ok(true),
+        Outcome::Busy => Ok(false),
+        Outcome::Failed { code, message } => Err(Error::from_server(code, message)),
+    }
+}
+
+/// Releases every id, in reverse order. 1 round trip.
+pub(crate) async fn release(conn: &mut PgConnection, ids: &[LockId], shared: bool) -> Result<(), Error> {
+    match ids {
+        [] => {}
+        [id] => {
+            let query = sqlx::query_scalar::<_, bool>(sql::unlock_one(*id, shared));
+            let query = match *id {
+                LockId::Int8(key) => query.bind(key),
+                LockId::Int4Pair(key1, key2) => query.bind(key1).bind(key2),
+            };
+            query.fetch_one(conn).await?;
+        }
+        _ => {
+            let mut int8 = Vec::with_capacity(ids.len());
+            let mut first = Vec::with_capacity(ids.len());
+            let mut second = Vec::with_capacity(ids.len());
+            for id in ids.iter().rev() {
+                let (k, a, b) = match *id {
+                    LockId::Int8(key) => (Some(key), None, None),
+                    LockId::Int4Pair(key1, key2) => (None, Some(key1), Some(key2)),
+                };
+                int8.push(k);
+                first.push(a);
+                second.push(b);
+            }
+            sqlx::query_scalar::<_, i64>(sql::unlock_many(shared))
+                .bind(int8)
+                .bind(first)
+                .bind(second)
+                .fetch_one(conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether this session holds every id, granted, in this mode, according to
+/// `pg_locks`. 1 round trip.
+pub(crate) async fn held(conn: &mut PgConnection, ids: &[LockId], shared: bool) -> Result<bool, Error> {
+    let mut rows: Vec<(u32, u32, i16)> = ids.iter().map(|id| id.pg_locks_row()).collect();
+    rows.sort_unstable();
+    rows.dedup();
+    let count: i64 = sqlx::query_scalar(sql::HELD_BY_SESSION)
+        .bind(rows.iter().map(|r| i64::from(r.0)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| i64::from(r.1)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+        .bind(sql::pg_locks_mode(shared))
+        .fetch_one(conn)
+        .await?;
+    Ok(count == rows.len() as i64)
+}
+
+/// Queues the release of held ids, for `Drop`.
+pub(crate) fn release_on_drop(conn: &mut PgConnection, ids: &[LockId], shared: bool) {
+    if !ids.is_empty() {
+        pending::queue(conn, sql::unlock_queued(ids, shared));
+    }
+}
+
+fn next_token() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// An acquire whose response has not been read yet. Dropped armed (the
+/// caller's future was dropped), it queues the conditional cleanup.
+struct InFlight<'c, 'i> {
+    conn: &'c mut PgConnection,
+    ids: &'i [LockId],
+    shared: bool,
+    token: u64,
+    armed: bool,
+}
+
+impl Drop for InFlight<'_, '_> {
+    fn drop(&mut self) {
+        if self.armed {
+            pending::queue(
+                self.conn,
+                sql::cleanup_if_acquired(self.ids, self.shared, self.token),
+            );
+        }
+    }
+}

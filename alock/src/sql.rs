@@ -1,0 +1,318 @@
+//! Every SQL text this crate sends, and what each costs.
+//!
+//! Two shapes carry all the work:
+//!
+//! - **One id, not waiting**: a prepared statement per function
+//!   (`pg_try_advisory_lock`, `pg_advisory_unlock`, ...). One round trip, the
+//!   same as hand-written SQL.
+//! - **Several ids, or any wait**: one PL/pgSQL `DO` block followed by a
+//!   `SELECT` of its outcome, sent together as one simple-query message: one
+//!   round trip. The block takes the ids in order, catches every error
+//!   (deadlock, `lock_timeout`, cancel, full lock table), gives back whatever
+//!   it took before the error, and reports the outcome as data. So the call
+//!   is all or nothing, an enclosing transaction is never aborted, and a
+//!   response nobody reads (the caller's future was dropped) never surfaces as
+//!   an error on a later, unrelated query. The ids are integers written into
+//!   the block as literals; no user text ever reaches it.
+//!
+//! Every statement that can take a lock records a per-call token in the
+//! session setting `alock.acquired` when, and only when, it ends holding its
+//! ids. A caller whose future is dropped while such a statement is in flight
+//! queues [`cleanup_if_acquired`], which releases the ids only if the token
+//! shows the statement succeeded.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::LockId;
+
+/// How long a multi-id acquire may wait.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wait {
+    /// Not at all: `pg_try_advisory_lock`.
+    No,
+    /// As long as it takes (bounded only by the session's own settings).
+    Forever,
+    /// At most this long, through `lock_timeout`.
+    Until(Duration),
+}
+
+const fn suffix(shared: bool) -> &'static str {
+    if shared { "_shared" } else { "" }
+}
+
+/// Tries one id; returns the token text when taken, NULL when busy.
+/// Bind: the key(s), then the token. 1 round trip.
+pub(crate) const fn try_one(id: LockId, shared: bool) -> &'static str {
+    match (id, shared) {
+        (LockId::Int8(_), false) => {
+            "SELECT CASE WHEN pg_try_advisory_lock($1) \
+             THEN set_config('alock.acquired', $2, false) END"
+        }
+        (LockId::Int8(_), true) => {
+            "SELECT CASE WHEN pg_try_advisory_lock_shared($1) \
+             THEN set_config('alock.acquired', $2, false) END"
+        }
+        (LockId::Int4Pair(..), false) => {
+            "SELECT CASE WHEN pg_try_advisory_lock($1, $2) \
+             THEN set_config('alock.acquired', $3, false) END"
+        }
+        (LockId::Int4Pair(..), true) => {
+            "SELECT CASE WHEN pg_try_advisory_lock_shared($1, $2) \
+             THEN set_config('alock.acquired', $3, false) END"
+        }
+    }
+}
+
+/// Releases one id; returns whether it was held. 1 round trip.
+pub(crate) const fn unlock_one(id: LockId, shared: bool) -> &'static str {
+    match (id, shared) {
+        (LockId::Int8(_), false) => "SELECT pg_advisory_unlock($1)",
+        (LockId::Int8(_), true) => "SELECT pg_advisory_unlock_shared($1)",
+        (LockId::Int4Pair(..), false) => "SELECT pg_advisory_unlock($1, $2)",
+        (LockId::Int4Pair(..), true) => "SELECT pg_advisory_unlock_shared($1, $2)",
+    }
+}
+
+/// Releases many ids in the order of the bound arrays (the caller passes
+/// them reversed); returns how many were not held. 1 round trip.
+/// Bind: `int8[]`, `int4[]`, `int4[]`, NULL where an id is of the other form.
+pub(crate) const fn unlock_many(shared: bool) -> &'static str {
+    if shared {
+        "SELECT count(*) FILTER (WHERE NOT CASE WHEN a IS NULL \
+         THEN pg_advisory_unlock_shared(k) ELSE pg_advisory_unlock_shared(a, b) END) \
+         FROM unnest($1::int8[], $2::int4[], $3::int4[]) AS id(k, a, b)"
+    } else {
+        "SELECT count(*) FILTER (WHERE NOT CASE WHEN a IS NULL \
+         THEN pg_advisory_unlock(k) ELSE pg_advisory_unlock(a, b) END) \
+         FROM unnest($1::int8[], $2::int4[], $3::int4[]) AS id(k, a, b)"
+    }
+}
+
+/// How many of the given ids this session holds, granted, in the given
+/// mode. Bind: `int8[]` classids, `int8[]` objids, `int2[]` objsubids, mode.
+/// 1 round trip.
+pub(crate) const HELD_BY_SESSION: &str = "\
+    SELECT count(DISTINCT (l.classid, l.objid, l.objsubid)) \
+      FROM pg_locks l \
+      JOIN unnest($1::int8[], $2::int8[], $3::int2[]) AS id(c, o, s) \
+        ON l.classid::int8 = id.c AND l.objid::int8 = id.o AND l.objsubid = id.s \
+     WHERE l.locktype = 'advisory' AND l.granted AND l.mode = $4 \
+       AND l.pid = pg_backend_pid()";
+
+/// The `pg_locks.mode` of a lock mode.
+pub(crate) const fn pg_locks_mode(shared: bool) -> &'static str {
+    if shared { "ShareLock" } else { "ExclusiveLock" }
+}
+
+/// What the acquire block reports.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Acquired,
+    Busy,
+    Failed { code: String, message: String },
+}
+
+impl Outcome {
+    pub(crate) fn parse(text: &str) -> Outcome {
+        match text {
+            "acquired" => Outcome::Acquired,
+            "busy" => Outcome::Busy,
+            failed => {
+                let (code, message) = failed.split_once(' ').unwrap_or((failed, ""));
+                Outcome::Failed {
+                    code: code.to_owned(),
+                    message: message.to_owned(),
+                }
+            }
+        }
+    }
+}
+
+/// Writes `'{1,NULL,3}'`-style array literals of the ids' two forms.
+fn id_arrays(ids: &[LockId]) -> (String, String, String) {
+    let (mut k, mut a, mut b) = (String::from("'{"), String::from("'{"), String::from("'{"));
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            k.push(',');
+            a.push(',');
+            b.push(',');
+        }
+        match *id {
+            LockId::Int8(key) => {
+                let _ = write!(k, "{key}");
+                a.push_str("NULL");
+                b.push_str("NULL");
+            }
+            LockId::Int4Pair(key1, key2) => {
+                k.push_str("NULL");
+                let _ = write!(a, "{key1}");
+                let _ = write!(b, "{key2}");
+            }
+        }
+    }
+    for s in [&mut k, &mut a, &mut b] {
+        s.push_str("}'");
+    }
+    (k, a, b)
+}
+
+/// The all-or-nothing acquire of `ids`, in order: a `DO` block and the
+/// `SELECT` of its outcome (`acquired`, `busy`, or `SQLSTATE message`), sent
+/// as one simple query. 1 round trip.
+pub(crate) fn acquire_block(ids: &[LockId], shared: bool, wait: Wait, token: u64) -> String {
+    let m = suffix(shared);
+    let mode = pg_locks_mode(shared);
+    let (k, a, b) = id_arrays(ids);
+    let (timeout_decl, on_busy, timeout_busy) = match wait {
+        Wait::No => ("", "busy := true; EXIT;".to_owned(), "false"),
+        Wait::Forever => ("", wait_for(m, ""), "false"),
+        Wait::Until(_) => (
+            "saved text := current_setting('lock_timeout'); deadline timestamptz;",
+            wait_for(
+                m,
+                "left_ms := ceil(extract(epoch FROM deadline - clock_timestamp()) * 1000); \
+                 IF left_ms <= 0 THEN busy := true; EXIT; END IF; \
+                 PERFORM set_config('lock_timeout', left_ms || 'ms', true);",
+            ),
+            "true",
+        ),
+    };
+    let deadline = match wait {
+        Wait::Until(limit) => format!(
+            "deadline := clock_timestamp() + make_interval(secs => {}::float8 / 1000000);",
+            limit.as_micros()
+        ),
+        _ => String::new(),
+    };
+    let restore = if matches!(wait, Wait::Until(_)) {
+        "PERFORM set_config('lock_timeout', saved, true);"
+    } else {
+        ""
+    };
+    format!(
+        "DO $alock$ DECLARE \
+           k int8[] := {k}; a int4[] := {a}; b int4[] := {b}; \
+           n int := 0; w int := 0; busy bool := false; left_ms float8; {timeout_decl} \
+         BEGIN \
+           {deadline} \
+           BEGIN \
+             FOR i IN 1..cardinality(k) LOOP \
+               IF (CASE WHEN a[i] IS NULL THEN pg_try_advisory_lock{m}(k[i]) \
+                        ELSE pg_try_advisory_lock{m}(a[i], b[i]) END) \
+               THEN n := i; \
+               ELSE {on_busy} \
+               END IF; \
+             END LOOP; \
+             {restore} \
+           EXCEPTION WHEN OTHERS OR query_canceled THEN \
+             IF w > 0 THEN \
+               IF EXISTS (SELECT FROM pg_locks l \
+                   WHERE l.locktype = 'advisory' AND l.granted AND l.mode = '{mode}' \
+                     AND l.pid = pg_backend_pid() \
+                     AND CASE WHEN a[w] IS NULL \
+                         THEN l.classid::int8 = (k[w] >> 32) & 4294967295 \
+                          AND l.objid::int8 = k[w] & 4294967295 AND l.objsubid = 1 \
+                         ELSE l.classid::int8 = a[w]::int8 & 4294967295 \
+                          AND l.objid::int8 = b[w]::int8 & 4294967295 AND l.objsubid = 2 END) \
+               THEN n := w; END IF; \
+             END IF; \
+             FOR i IN REVERSE n..1 LOOP \
+               IF a[i] IS NULL THEN PERFORM pg_advisory_unlock{m}(k[i]); \
+               ELSE PERFORM pg_advisory_unlock{m}(a[i], b[i]); END IF; \
+             END LOOP; \
+             n := 0; \
+             IF {timeout_busy} AND SQLSTATE = '55P03' THEN busy := true; \
+             ELSE PERFORM set_config('alock.outcome', SQLSTATE || ' ' || SQLERRM, true); RETURN; \
+             END IF; \
+           END; \
+           IF busy THEN \
+             FOR i IN REVERSE n..1 LOOP \
+               IF a[i] IS NULL THEN PERFORM pg_advisory_unlock{m}(k[i]); \
+               ELSE PERFORM pg_advisory_unlock{m}(a[i], b[i]); END IF; \
+             END LOOP; \
+             PERFORM set_config('alock.outcome', 'busy', true); \
+           ELSE \
+             PERFORM set_config('alock.acquired', '{token}', false); \
+             PERFORM set_config('alock.outcome', 'acquired', true); \
+           END IF; \
+         END $alock$; \
+         SELECT current_setting('alock.outcome')"
+    )
+}
+
+/// The statements that wait for id `i` after its try failed.
+fn wait_for(m: &str, before: &str) -> String {
+    format!(
+        "{before} w := i; \
+         IF a[i] IS NULL THEN PERFORM pg_advisory_lock{m}(k[i]); \
+         ELSE PERFORM pg_advisory_lock{m}(a[i], b[i]); END IF; \
+         w := 0; n := i;"
+    )
+}
+
+/// Releases `ids` (any order; release order does not matter to the
+/// server). Queued from `Drop`, so a simple query.
+pub(crate) fn unlock_queued(ids: &[LockId], shared: bool) -> String {
+    let mut sql = String::from("SELECT ");
+    push_unlocks(&mut sql, ids, shared, ", ");
+    sql
+}
+
+/// Releases `ids` only if the statement that recorded `token` took them.
+/// Queued from `Drop` when an acquire's response will never be read.
+pub(crate) fn cleanup_if_acquired(ids: &[LockId], shared: bool, token: u64) -> String {
+    let mut sql = format!(
+        "DO $alock$ BEGIN IF current_setting('alock.acquired', true) = '{token}' THEN PERFORM "
+    );
+    push_unlocks(&mut sql, ids, shared, ", ");
+    sql.push_str("; END IF; END $alock$");
+    sql
+}
+
+fn push_unlocks(sql: &mut String, ids: &[LockId], shared: bool, sep: &str) {
+    let m = suffix(shared);
+    for (i, id) in ids.iter().rev().enumerate() {
+        if i > 0 {
+            sql.push_str(sep);
+        }
+        let _ = match *id {
+            LockId::Int8(key) => write!(sql, "pg_advisory_unlock{m}({key})"),
+            LockId::Int4Pair(key1, key2) => write!(sql, "pg_advisory_unlock{m}({key1}, {key2})"),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrays_put_each_form_in_its_own_column() {
+        let (k, a, b) = id_arrays(&[LockId::Int8(-5), LockId::Int4Pair(1, -2)]);
+        assert_eq!(k, "'{-5,NULL}'");
+        assert_eq!(a, "'{NULL,1}'");
+        assert_eq!(b, "'{NULL,-2}'");
+    }
+
+    #[test]
+    fn outcomes() {
+        assert_eq!(Outcome::parse("acquired"), Outcome::Acquired);
+        assert_eq!(Outcome::parse("busy"), Outcome::Busy);
+        assert_eq!(
+            Outcome::parse("40P01 deadlock detected"),
+            Outcome::Failed {
+                code: "40P01".into(),
+                message: "deadlock detected".into()
+            }
+        );
+    }
+
+    #[test]
+    fn queued_unlocks_run_in_reverse() {
+        assert_eq!(
+            unlock_queued(&[LockId::Int8(1), LockId::Int4Pair(2, 3)], true),
+            "SELECT pg_advisory_unlock_shared(2, 3), pg_advisory_unlock_shared(1)"
+        );
+    }
+}

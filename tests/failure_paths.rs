@@ -1,0 +1,277 @@
+//! Every way an acquire can fail part way leaves none of its ids held, keeps
+//! the session's other holds, and says what happened.
+
+use alock::{Error, ExclusiveLock, LockId, ShareLock};
+use alock_dev::{
+    Held, TestServer, backend_pid, connect, held, hold_elsewhere, is_free, lock_on, unique_key,
+    unique_keys, until_waiting,
+};
+use sqlx::{Connection, PgConnection};
+
+/// A session that holds `taken` through one object, then fails to take
+/// `[taken, free, busy]` through another: after the failure it must still
+/// hold `taken` exactly once and nothing else.
+async fn assert_only_prior_hold_remains(
+    observer: &mut PgConnection,
+    pid: i32,
+    prior: LockId,
+    free: LockId,
+) {
+    assert_eq!(held(observer, pid, free).await, Held::Nothing, "partial hold leaked");
+    assert_eq!(held(observer, pid, prior).await, Held::Exclusive, "prior hold lost");
+}
+
+#[tokio::test]
+async fn deadlock_is_typed_and_leaves_nothing_of_the_call() {
+    let [a, b, free] = unique_keys(3).try_into().unwrap();
+    let mut observer = connect().await;
+
+    let mut first = connect().await;
+    let first_pid = backend_pid(&mut first).await;
+    sqlx::query("SET deadlock_timeout = '10s'").execute(&mut first).await.unwrap();
+    let mut first_a = ExclusiveLock::new(first, a);
+    first_a.acquire().await.unwrap();
+
+    let mut second = connect().await;
+    let second_pid = backend_pid(&mut second).await;
+    sqlx::query("SET deadlock_timeout = '50ms'").execute(&mut second).await.unwrap();
+    let mut tx = second.begin().await.unwrap();
+    let mut second_b = ExclusiveLock::new(&mut *tx, b);
+    second_b.acquire().await.unwrap();
+
+    let first_waits = tokio::spawn(async move {
+        let mut first_b = ExclusiveLock::new(&mut first_a, b);
+        first_b.acquire().await.unwrap();
+        first_b.release().await.unwrap();
+        drop(first_b);
+        first_a
+    });
+    until_waiting(&mut observer, first_pid).await;
+
+    let mut second_ab = ExclusiveLock::new(&mut second_b, [b, free, a]);
+    let err = second_ab.acquire().await.unwrap_err();
+    assert!(matches!(err, Error::Deadlock(ref e) if e.code() == "40P01"), "{err:?}");
+    assert!(!second_ab.is_locked());
+    drop(second_ab);
+    assert_only_prior_hold_remains(&mut observer, second_pid, b, free).await;
+    assert_eq!(held(&mut observer, second_pid, a).await, Held::Nothing);
+
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(second_b.as_mut()).await.unwrap();
+    assert_eq!(one, 1, "the deadlock aborted the transaction");
+    second_b.release().await.unwrap();
+    drop(second_b);
+    tx.commit().await.unwrap();
+    let mut first_a = first_waits.await.unwrap();
+    first_a.release().await.unwrap();
+    assert!(is_free(a).await && is_free(b).await && is_free(free).await);
+}
+
+#[tokio::test]
+async fn session_lock_timeout_is_typed_and_leaves_nothing_of_the_call() {
+    let [prior, free, busy] = unique_keys(3).try_into().unwrap();
+    let _holder = hold_elsewhere(busy).await;
+    let mut observer = connect().await;
+    let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
+    sqlx::query("SET lock_timeout = '30ms'").execute(&mut conn).await.unwrap();
+    let mut prior_lock = ExclusiveLock::new(&mut conn, prior);
+    prior_lock.acquire().await.unwrap();
+
+    for ids in [vec![prior, free, busy], vec![busy]] {
+        let mut lock = ExclusiveLock::new(&mut prior_lock, &ids);
+        let err = lock.acquire().await.unwrap_err();
+        assert!(matches!(err, Error::LockTimeout(ref e) if e.code() == "55P03"), "{err:?}");
+        drop(lock);
+        assert_only_prior_hold_remains(&mut observer, pid, prior, free).await;
+    }
+    prior_lock.release().await.unwrap();
+    assert!(is_free(prior).await);
+}
+
+#[tokio::test]
+async fn statement_timeout_is_typed_and_leaves_nothing_of_the_call() {
+    let [prior, free, busy] = unique_keys(3).try_into().unwrap();
+    let _holder = hold_elsewhere(busy).await;
+    let mut observer = connect().await;
+    let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
+    let mut prior_lock = ExclusiveLock::new(&mut conn, prior);
+    prior_lock.acquire().await.unwrap();
+    sqlx::query("SET statement_timeout = '50ms'")
+        .execute(prior_lock.as_mut())
+        .await
+        .unwrap();
+
+    let mut lock = ShareLock::new(&mut prior_lock, [prior, free, busy]);
+    let err = lock.acquire().await.unwrap_err();
+    assert!(matches!(err, Error::Canceled(ref e) if e.code() == "57014"), "{err:?}");
+    drop(lock);
+    assert_eq!(held(&mut observer, pid, free).await, Held::Nothing);
+    assert_eq!(held(&mut observer, pid, prior).await, Held::Exclusive);
+}
+
+#[tokio::test]
+async fn cancel_request_is_typed_and_leaves_nothing_of_the_call() {
+    let [free, busy] = unique_keys(2).try_into().unwrap();
+    let _holder = hold_elsewhere(busy).await;
+    let mut observer = connect().await;
+    let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
+    let waiter = tokio::spawn(async move {
+        let mut lock = ExclusiveLock::new(&mut conn, [free, busy]);
+        let err = lock.acquire().await.unwrap_err();
+        assert!(!lock.is_locked());
+        err
+    });
+    until_waiting(&mut observer, pid).await;
+    let cancelled: bool = sqlx::query_scalar("SELECT pg_cancel_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut observer)
+        .await
+        .unwrap();
+    assert!(cancelled);
+    let err = waiter.await.unwrap();
+    assert!(matches!(err, Error::Canceled(_)), "{err:?}");
+    assert_eq!(held(&mut observer, pid, free).await, Held::Nothing);
+    assert!(is_free(free).await);
+}
+
+#[tokio::test]
+async fn full_lock_table_is_typed_and_leaves_nothing_of_the_call() {
+    let server = TestServer::start(&[
+        ("max_locks_per_transaction", "10"),
+        ("max_connections", "10"),
+    ]);
+    let mut filler = PgConnection::connect(server.url()).await.unwrap();
+    let mut victim = PgConnection::connect(server.url()).await.unwrap();
+    let mut observer = PgConnection::connect(server.url()).await.unwrap();
+    let victim_pid = backend_pid(&mut victim).await;
+    let mut prior = ExclusiveLock::new(&mut victim, LockId::Int8(-1));
+    prior.acquire().await.unwrap();
+
+    let ids = [LockId::Int8(-1), LockId::Int8(-2), LockId::Int8(-3), LockId::Int8(-4)];
+
+    fill_leaving_room_for_two(&mut filler).await;
+    let mut lock = ExclusiveLock::new(&mut prior, ids);
+    let err = lock.acquire().await.unwrap_err();
+    assert!(matches!(err, Error::LockTableFull(ref e) if e.code() == "53200"), "{err:?}");
+    drop(lock);
+    // Reading pg_locks needs room in the lock table too.
+    sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut filler).await.unwrap();
+    for id in &ids[1..] {
+        assert_eq!(held(&mut observer, victim_pid, *id).await, Held::Nothing);
+    }
+    assert_eq!(held(&mut observer, victim_pid, ids[0]).await, Held::Exclusive);
+
+    fill_leaving_room_for_two(&mut filler).await;
+    let mut try_lock = ExclusiveLock::new(&mut prior, ids);
+    let result = try_lock.try_acquire().await;
+    assert!(matches!(result, Err(Error::LockTableFull(_))), "{result:?}");
+    drop(try_lock);
+    sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut filler).await.unwrap();
+    for id in &ids[1..] {
+        assert_eq!(held(&mut observer, victim_pid, *id).await, Held::Nothing);
+    }
+}
+
+/// Takes locks on `filler` until the server's lock table is full, then gives
+/// two back.
+async fn fill_leaving_room_for_two(filler: &mut PgConnection) {
+    let mut taken = 0_i64;
+    loop {
+        let result = sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(1_000_000 + taken)
+            .execute(&mut *filler)
+            .await;
+        match result {
+            Ok(_) => taken += 1,
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("53200") => break,
+            Err(e) => panic!("filling the lock table: {e}"),
+        }
+        assert!(taken < 1_000_000, "the lock table never filled");
+    }
+    for key in [taken - 1, taken - 2] {
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(1_000_000 + key)
+            .execute(&mut *filler)
+            .await
+            .unwrap();
+    }
+}
+
+/// Drops `acquire` once its session is seen waiting on the server.
+async fn abandon_once_waiting<F: std::future::Future>(
+    acquire: F,
+    observer: &mut PgConnection,
+    pid: i32,
+) {
+    tokio::select! {
+        biased;
+        _ = acquire => panic!("the acquire finished instead of waiting"),
+        () = until_waiting(observer, pid) => {}
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_wait_leaves_no_lock_and_no_stale_error() {
+    let [free, busy] = unique_keys(2).try_into().unwrap();
+    let mut holder = hold_elsewhere(busy).await;
+    let mut observer = connect().await;
+    let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
+
+    for ids in [vec![busy], vec![free, busy]] {
+        let mut lock = ExclusiveLock::new(&mut conn, &ids);
+        abandon_once_waiting(lock.acquire(), &mut observer, pid).await;
+        assert!(!lock.is_locked());
+        drop(lock);
+
+        sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut holder).await.unwrap();
+        let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await.unwrap();
+        assert_eq!(one, 1);
+        for id in &ids {
+            assert_eq!(held(&mut observer, pid, *id).await, Held::Nothing);
+        }
+        lock_on(&mut holder, busy).await;
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_wait_that_fails_later_raises_no_stale_error() {
+    let busy = unique_key();
+    let _holder = hold_elsewhere(busy).await;
+    let mut observer = connect().await;
+    let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
+    sqlx::query("SET lock_timeout = '300ms'").execute(&mut conn).await.unwrap();
+
+    let mut lock = ExclusiveLock::new(&mut conn, busy);
+    abandon_once_waiting(lock.acquire(), &mut observer, pid).await;
+    drop(lock);
+
+    // The abandoned wait now fails on the server with lock_timeout; that
+    // failure must not be reported by this unrelated query.
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(one, 1);
+    assert_eq!(held(&mut observer, pid, busy).await, Held::Nothing);
+}
+
+#[tokio::test]
+async fn a_dropped_wait_does_not_release_other_holds_of_the_session() {
+    let [prior, busy] = unique_keys(2).try_into().unwrap();
+    let _holder = hold_elsewhere(busy).await;
+    let mut observer = connect().await;
+    let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
+    sqlx::query("SET lock_timeout = '300ms'").execute(&mut conn).await.unwrap();
+    let mut prior_lock = ExclusiveLock::new(&mut conn, prior);
+    prior_lock.acquire().await.unwrap();
+
+    let mut lock = ExclusiveLock::new(&mut prior_lock, [prior, busy]);
+    abandon_once_waiting(lock.acquire(), &mut observer, pid).await;
+    drop(lock);
+    sqlx::query("SELECT 1").execute(prior_lock.as_mut()).await.unwrap();
+    assert_eq!(held(&mut observer, pid, prior).await, Held::Exclusive);
+    prior_lock.release().await.unwrap();
+    assert!(is_free(prior).await);
+}

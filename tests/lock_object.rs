@@ -1,0 +1,255 @@
+//! The lock object's semantics, each checked on the server.
+
+use std::time::Duration;
+
+use alock::{Error, ExclusiveLock, LockId, ShareLock};
+use alock_dev::{
+    Held, backend_pid, connect, held, hold_elsewhere, is_free, unique_key, unique_keys,
+    until_waiting,
+};
+use sqlx::{Connection, PgConnection};
+
+#[tokio::test]
+async fn reentrant_acquire_and_release_touch_the_server_only_at_the_ends() {
+    let id = unique_key();
+    let mut lock = ExclusiveLock::new(connect().await, id);
+    lock.acquire().await.unwrap();
+    lock.acquire().await.unwrap();
+    assert!(lock.try_acquire().await.unwrap());
+    assert_eq!(lock.count(), 3);
+
+    lock.release().await.unwrap();
+    lock.release().await.unwrap();
+    assert!(!is_free(id).await, "released too early");
+    assert!(lock.is_locked());
+
+    lock.release().await.unwrap();
+    assert!(is_free(id).await, "a re-entrant acquire reached the server");
+    assert!(!lock.is_locked());
+}
+
+#[tokio::test]
+async fn ids_are_taken_in_the_order_given() {
+    let [first, busy, last] = unique_keys(3).try_into().unwrap();
+    let mut holder = hold_elsewhere(busy).await;
+    let mut observer = connect().await;
+
+    let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
+    let waiter = tokio::spawn(async move {
+        let mut lock = ExclusiveLock::new(conn, [first, busy, last]);
+        lock.acquire().await.unwrap();
+        lock
+    });
+    until_waiting(&mut observer, pid).await;
+    assert_eq!(held(&mut observer, pid, first).await, Held::Exclusive);
+    assert_eq!(held(&mut observer, pid, last).await, Held::Nothing);
+
+    sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut holder).await.unwrap();
+    let mut lock = waiter.await.unwrap();
+    for id in [first, busy, last] {
+        assert_eq!(held(&mut observer, pid, id).await, Held::Exclusive);
+    }
+    lock.release().await.unwrap();
+    for id in [first, busy, last] {
+        assert!(is_free(id).await);
+    }
+}
+
+#[tokio::test]
+async fn mixed_and_duplicated_ids_are_fully_released() {
+    let pair = unique_key();
+    let int8 = LockId::Int8(-(i64::from(std::process::id()) << 20) - 7);
+    let ids = [int8, pair, int8, int8, pair];
+    let mut lock = ExclusiveLock::new(connect().await, ids);
+    lock.acquire().await.unwrap();
+    assert!(lock.held_on_server().await.unwrap());
+    assert!(!is_free(int8).await && !is_free(pair).await);
+    lock.release().await.unwrap();
+    assert!(is_free(int8).await && is_free(pair).await);
+}
+
+#[tokio::test]
+async fn zero_ids_lock_without_the_server() {
+    let mut lock = ExclusiveLock::new(connect().await, Vec::<i64>::new());
+    lock.acquire().await.unwrap();
+    assert!(lock.is_locked());
+    assert!(lock.held_on_server().await.unwrap());
+    lock.release().await.unwrap();
+    assert!(!lock.is_locked());
+}
+
+#[tokio::test]
+async fn release_of_an_unheld_object_changes_nothing() {
+    let id = unique_key();
+    let mut conn = connect().await;
+    let mut held_lock = ExclusiveLock::new(&mut conn, id);
+    held_lock.acquire().await.unwrap();
+    let mut other = ExclusiveLock::new(&mut held_lock, id);
+    assert!(matches!(other.release().await, Err(Error::NotHeld)));
+    drop(other);
+    assert!(held_lock.held_on_server().await.unwrap());
+    assert!(!is_free(id).await);
+}
+
+#[tokio::test]
+async fn nested_objects_on_one_connection_keep_their_own_holds() {
+    let [a, b] = unique_keys(2).try_into().unwrap();
+    let mut outer = ExclusiveLock::new(connect().await, [a, b]);
+    outer.acquire().await.unwrap();
+    {
+        let mut inner = ExclusiveLock::new(&mut outer, [b]);
+        inner.acquire().await.unwrap();
+        inner.release().await.unwrap();
+    }
+    assert!(!is_free(b).await, "the inner release took the outer hold");
+    outer.release().await.unwrap();
+    assert!(is_free(a).await && is_free(b).await);
+}
+
+#[tokio::test]
+async fn shared_locks_of_two_sessions_overlap_and_exclude_exclusive() {
+    let ids = unique_keys(2);
+    let mut one = ShareLock::new(connect().await, &ids);
+    let mut two = ShareLock::new(connect().await, &ids);
+    assert!(one.try_acquire().await.unwrap());
+    assert!(two.try_acquire().await.unwrap());
+    let mut excl = ExclusiveLock::new(connect().await, &ids);
+    assert!(!excl.try_acquire().await.unwrap());
+    one.release().await.unwrap();
+    assert!(!excl.try_acquire().await.unwrap());
+    two.release().await.unwrap();
+    assert!(excl.try_acquire().await.unwrap());
+}
+
+#[tokio::test]
+async fn acquire_timeout_takes_free_ids_and_gives_up_on_busy_ones() {
+    let [free, busy] = unique_keys(2).try_into().unwrap();
+    let _holder = hold_elsewhere(busy).await;
+    let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
+    let mut observer = connect().await;
+
+    let mut lock = ExclusiveLock::new(&mut conn, [free, busy]);
+    assert!(!lock.acquire_timeout(Duration::from_millis(50)).await.unwrap());
+    assert!(!lock.is_locked());
+    assert_eq!(held(&mut observer, pid, free).await, Held::Nothing);
+    drop(lock);
+
+    let mut lone = ExclusiveLock::new(&mut conn, busy);
+    assert!(!lone.acquire_timeout(Duration::from_millis(50)).await.unwrap());
+    assert!(!lone.acquire_timeout(Duration::ZERO).await.unwrap());
+    drop(lone);
+
+    let mut ok = ExclusiveLock::new(&mut conn, [free]);
+    assert!(ok.acquire_timeout(Duration::from_secs(5)).await.unwrap());
+    assert_eq!(held(&mut observer, pid, free).await, Held::Exclusive);
+}
+
+#[tokio::test]
+async fn acquire_timeout_waits_on_the_server_for_a_release() {
+    let ids = unique_keys(2);
+    let mut holder = hold_elsewhere(ids[1]).await;
+    let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
+    let mut observer = connect().await;
+    let waiter = tokio::spawn(async move {
+        let mut lock = ExclusiveLock::new(conn, ids);
+        let taken = lock.acquire_timeout(Duration::from_secs(60)).await.unwrap();
+        (taken, lock)
+    });
+    until_waiting(&mut observer, pid).await;
+    sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut holder).await.unwrap();
+    let (taken, lock) = waiter.await.unwrap();
+    assert!(taken && lock.is_locked());
+}
+
+async fn lock_timeout_of(conn: &mut PgConnection) -> String {
+    sqlx::query_scalar("SHOW lock_timeout").fetch_one(conn).await.unwrap()
+}
+
+#[tokio::test]
+async fn acquire_timeout_leaves_lock_timeout_as_it_found_it() {
+    let [free, busy] = unique_keys(2).try_into().unwrap();
+    let _holder = hold_elsewhere(busy).await;
+    let mut conn = connect().await;
+    sqlx::query("SET lock_timeout = '7s'").execute(&mut conn).await.unwrap();
+
+    for ids in [vec![free], vec![busy], vec![free, busy]] {
+        let mut lock = ExclusiveLock::new(&mut conn, &ids);
+        let _ = lock.acquire_timeout(Duration::from_millis(20)).await.unwrap();
+        drop(lock);
+        assert_eq!(lock_timeout_of(&mut conn).await, "7s");
+    }
+
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("SET LOCAL lock_timeout = '3s'").execute(&mut *tx).await.unwrap();
+    let mut lock = ExclusiveLock::new(&mut *tx, [free, busy]);
+    assert!(!lock.acquire_timeout(Duration::from_millis(20)).await.unwrap());
+    drop(lock);
+    assert_eq!(lock_timeout_of(&mut tx).await, "3s");
+    let mut lock = ExclusiveLock::new(&mut *tx, [free]);
+    assert!(lock.acquire_timeout(Duration::from_millis(20)).await.unwrap());
+    lock.release().await.unwrap();
+    drop(lock);
+    assert_eq!(lock_timeout_of(&mut tx).await, "3s");
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *tx).await.unwrap();
+    assert_eq!(one, 1, "the timeout aborted the transaction");
+    tx.commit().await.unwrap();
+    assert_eq!(lock_timeout_of(&mut conn).await, "7s");
+}
+
+#[tokio::test]
+async fn lock_futures_are_send() {
+    fn assert_send<T: Send>(t: T) -> T {
+        t
+    }
+    let id = unique_key();
+    let handle = tokio::spawn(async move {
+        let mut lock = ExclusiveLock::new(connect().await, id);
+        assert_send(lock.acquire()).await.unwrap();
+        assert_send(lock.try_acquire()).await.unwrap();
+        assert_send(lock.acquire_timeout(Duration::from_secs(1))).await.unwrap();
+        assert_send(lock.held_on_server()).await.unwrap();
+        lock
+    });
+    let lock = handle.await.unwrap();
+    assert_eq!(lock.count(), 3);
+    assert!(!is_free(id).await);
+}
+
+#[tokio::test]
+async fn dropping_a_held_object_releases_before_the_next_use_of_its_connection() {
+    let ids = unique_keys(3);
+    let mut conn = connect().await;
+    let mut lock = ShareLock::new(&mut conn, &ids);
+    lock.acquire().await.unwrap();
+    lock.acquire().await.unwrap();
+    drop(lock);
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(one, 1);
+    for id in &ids {
+        assert!(is_free(*id).await);
+    }
+}
+
+#[tokio::test]
+async fn leak_keeps_the_ids_for_the_session() {
+    let id = unique_key();
+    let mut lock = ExclusiveLock::new(connect().await, id);
+    lock.acquire().await.unwrap();
+    let mut conn = lock.leak();
+    sqlx::query("SELECT 1").execute(&mut conn).await.unwrap();
+    assert!(!is_free(id).await);
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn into_inner_of_a_held_object_releases_it() {
+    let id = unique_key();
+    let mut lock = ExclusiveLock::new(connect().await, id);
+    lock.acquire().await.unwrap();
+    let mut conn = lock.into_inner();
+    sqlx::query("SELECT 1").execute(&mut conn).await.unwrap();
+    assert!(is_free(id).await);
+}
