@@ -18,7 +18,10 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use alock::LockId;
+
+mod wire;
 use sqlx::{Connection, PgConnection};
+pub use wire::RoundTrips;
 
 /// The URL of the server every test and example in this process shares.
 ///
@@ -134,6 +137,10 @@ impl TestServer {
     /// # Panics
     ///
     /// When no server programs are installed or the cluster fails to start.
+    #[expect(
+        clippy::zombie_processes,
+        reason = "the server outlives this process; the watchdog stops it"
+    )]
     pub fn start(settings: &[(&str, &str)]) -> TestServer {
         let bin = server_bindir().unwrap_or_else(|| {
             panic!(
@@ -254,9 +261,8 @@ fn command(user: &Option<RunAs>, program: &Path) -> Command {
 
 fn server_bindir() -> Option<PathBuf> {
     let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path).find(|dir| has_server(dir))
-    });
+    let on_path = std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).find(|dir| has_server(dir)));
     let from_pg_config = || {
         let out = Command::new("pg_config").arg("--bindir").output().ok()?;
         let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
@@ -298,6 +304,10 @@ fn free_port() -> u16 {
 }
 
 /// Stops the server and removes its directory once this process is gone.
+#[expect(
+    clippy::zombie_processes,
+    reason = "the watchdog must outlive this process"
+)]
 fn spawn_watchdog(server_pid: u32, dir: &Path) {
     let script = format!(
         "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; \
@@ -334,7 +344,8 @@ fn wait_until_accepting(url: &str, dir: &Path) {
                             return;
                         }
                         Err(e) if Instant::now() > deadline => {
-                            let log = fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                            let log =
+                                fs::read_to_string(dir.join("server.log")).unwrap_or_default();
                             panic!("the throwaway PostgreSQL did not start: {e}\n{log}");
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(50)),
@@ -367,7 +378,10 @@ pub async fn until_waiting(observer: &mut PgConnection, pid: i32) {
         if waiting {
             return;
         }
-        assert!(Instant::now() < deadline, "session {pid} never waited for a lock");
+        assert!(
+            Instant::now() < deadline,
+            "session {pid} never waited for a lock"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -384,7 +398,9 @@ pub async fn hold_elsewhere(id: LockId) -> PgConnection {
 pub async fn lock_on(conn: &mut PgConnection, id: LockId) {
     match id {
         LockId::Int8(k) => sqlx::query("SELECT pg_advisory_lock($1)").bind(k),
-        LockId::Int4Pair(a, b) => sqlx::query("SELECT pg_advisory_lock($1, $2)").bind(a).bind(b),
+        LockId::Int4Pair(a, b) => sqlx::query("SELECT pg_advisory_lock($1, $2)")
+            .bind(a)
+            .bind(b),
     }
     .execute(conn)
     .await

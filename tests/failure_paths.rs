@@ -17,8 +17,16 @@ async fn assert_only_prior_hold_remains(
     prior: LockId,
     free: LockId,
 ) {
-    assert_eq!(held(observer, pid, free).await, Held::Nothing, "partial hold leaked");
-    assert_eq!(held(observer, pid, prior).await, Held::Exclusive, "prior hold lost");
+    assert_eq!(
+        held(observer, pid, free).await,
+        Held::Nothing,
+        "partial hold leaked"
+    );
+    assert_eq!(
+        held(observer, pid, prior).await,
+        Held::Exclusive,
+        "prior hold lost"
+    );
 }
 
 #[tokio::test]
@@ -28,13 +36,19 @@ async fn deadlock_is_typed_and_leaves_nothing_of_the_call() {
 
     let mut first = connect().await;
     let first_pid = backend_pid(&mut first).await;
-    sqlx::query("SET deadlock_timeout = '10s'").execute(&mut first).await.unwrap();
+    sqlx::query("SET deadlock_timeout = '10s'")
+        .execute(&mut first)
+        .await
+        .unwrap();
     let mut first_a = ExclusiveLock::new(first, a);
     first_a.acquire().await.unwrap();
 
     let mut second = connect().await;
     let second_pid = backend_pid(&mut second).await;
-    sqlx::query("SET deadlock_timeout = '50ms'").execute(&mut second).await.unwrap();
+    sqlx::query("SET deadlock_timeout = '50ms'")
+        .execute(&mut second)
+        .await
+        .unwrap();
     let mut tx = second.begin().await.unwrap();
     let mut second_b = ExclusiveLock::new(&mut *tx, b);
     second_b.acquire().await.unwrap();
@@ -50,13 +64,19 @@ async fn deadlock_is_typed_and_leaves_nothing_of_the_call() {
 
     let mut second_ab = ExclusiveLock::new(&mut second_b, [b, free, a]);
     let err = second_ab.acquire().await.unwrap_err();
-    assert!(matches!(err, Error::Deadlock(ref e) if e.code() == "40P01"), "{err:?}");
+    assert!(
+        matches!(err, Error::Deadlock(ref e) if e.code() == "40P01"),
+        "{err:?}"
+    );
     assert!(!second_ab.is_locked());
     drop(second_ab);
     assert_only_prior_hold_remains(&mut observer, second_pid, b, free).await;
     assert_eq!(held(&mut observer, second_pid, a).await, Held::Nothing);
 
-    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(second_b.as_mut()).await.unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(second_b.as_mut())
+        .await
+        .unwrap();
     assert_eq!(one, 1, "the deadlock aborted the transaction");
     second_b.release().await.unwrap();
     drop(second_b);
@@ -73,14 +93,20 @@ async fn session_lock_timeout_is_typed_and_leaves_nothing_of_the_call() {
     let mut observer = connect().await;
     let mut conn = connect().await;
     let pid = backend_pid(&mut conn).await;
-    sqlx::query("SET lock_timeout = '30ms'").execute(&mut conn).await.unwrap();
+    sqlx::query("SET lock_timeout = '30ms'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let mut prior_lock = ExclusiveLock::new(&mut conn, prior);
     prior_lock.acquire().await.unwrap();
 
     for ids in [vec![prior, free, busy], vec![busy]] {
         let mut lock = ExclusiveLock::new(&mut prior_lock, &ids);
         let err = lock.acquire().await.unwrap_err();
-        assert!(matches!(err, Error::LockTimeout(ref e) if e.code() == "55P03"), "{err:?}");
+        assert!(
+            matches!(err, Error::LockTimeout(ref e) if e.code() == "55P03"),
+            "{err:?}"
+        );
         drop(lock);
         assert_only_prior_hold_remains(&mut observer, pid, prior, free).await;
     }
@@ -104,7 +130,10 @@ async fn statement_timeout_is_typed_and_leaves_nothing_of_the_call() {
 
     let mut lock = ShareLock::new(&mut prior_lock, [prior, free, busy]);
     let err = lock.acquire().await.unwrap_err();
-    assert!(matches!(err, Error::Canceled(ref e) if e.code() == "57014"), "{err:?}");
+    assert!(
+        matches!(err, Error::Canceled(ref e) if e.code() == "57014"),
+        "{err:?}"
+    );
     drop(lock);
     assert_eq!(held(&mut observer, pid, free).await, Held::Nothing);
     assert_eq!(held(&mut observer, pid, prior).await, Held::Exclusive);
@@ -149,26 +178,43 @@ async fn full_lock_table_is_typed_and_leaves_nothing_of_the_call() {
     let mut prior = ExclusiveLock::new(&mut victim, LockId::Int8(-1));
     prior.acquire().await.unwrap();
 
-    let ids = [LockId::Int8(-1), LockId::Int8(-2), LockId::Int8(-3), LockId::Int8(-4)];
+    let ids = [
+        LockId::Int8(-1),
+        LockId::Int8(-2),
+        LockId::Int8(-3),
+        LockId::Int8(-4),
+    ];
 
     fill_leaving_room_for_two(&mut filler).await;
     let mut lock = ExclusiveLock::new(&mut prior, ids);
     let err = lock.acquire().await.unwrap_err();
-    assert!(matches!(err, Error::LockTableFull(ref e) if e.code() == "53200"), "{err:?}");
+    assert!(
+        matches!(err, Error::LockTableFull(ref e) if e.code() == "53200"),
+        "{err:?}"
+    );
     drop(lock);
     // Reading pg_locks needs room in the lock table too.
-    sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut filler).await.unwrap();
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut filler)
+        .await
+        .unwrap();
     for id in &ids[1..] {
         assert_eq!(held(&mut observer, victim_pid, *id).await, Held::Nothing);
     }
-    assert_eq!(held(&mut observer, victim_pid, ids[0]).await, Held::Exclusive);
+    assert_eq!(
+        held(&mut observer, victim_pid, ids[0]).await,
+        Held::Exclusive
+    );
 
     fill_leaving_room_for_two(&mut filler).await;
     let mut try_lock = ExclusiveLock::new(&mut prior, ids);
     let result = try_lock.try_acquire().await;
     assert!(matches!(result, Err(Error::LockTableFull(_))), "{result:?}");
     drop(try_lock);
-    sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut filler).await.unwrap();
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut filler)
+        .await
+        .unwrap();
     for id in &ids[1..] {
         assert_eq!(held(&mut observer, victim_pid, *id).await, Held::Nothing);
     }
@@ -226,8 +272,14 @@ async fn a_dropped_wait_leaves_no_lock_and_no_stale_error() {
         assert!(!lock.is_locked());
         drop(lock);
 
-        sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut holder).await.unwrap();
-        let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await.unwrap();
+        sqlx::query("SELECT pg_advisory_unlock_all()")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let one: i32 = sqlx::query_scalar("SELECT 1")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
         assert_eq!(one, 1);
         for id in &ids {
             assert_eq!(held(&mut observer, pid, *id).await, Held::Nothing);
@@ -243,7 +295,10 @@ async fn a_dropped_wait_that_fails_later_raises_no_stale_error() {
     let mut observer = connect().await;
     let mut conn = connect().await;
     let pid = backend_pid(&mut conn).await;
-    sqlx::query("SET lock_timeout = '300ms'").execute(&mut conn).await.unwrap();
+    sqlx::query("SET lock_timeout = '300ms'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
 
     let mut lock = ExclusiveLock::new(&mut conn, busy);
     abandon_once_waiting(lock.acquire(), &mut observer, pid).await;
@@ -251,7 +306,10 @@ async fn a_dropped_wait_that_fails_later_raises_no_stale_error() {
 
     // The abandoned wait now fails on the server with lock_timeout; that
     // failure must not be reported by this unrelated query.
-    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await.unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(one, 1);
     assert_eq!(held(&mut observer, pid, busy).await, Held::Nothing);
 }
@@ -263,14 +321,20 @@ async fn a_dropped_wait_does_not_release_other_holds_of_the_session() {
     let mut observer = connect().await;
     let mut conn = connect().await;
     let pid = backend_pid(&mut conn).await;
-    sqlx::query("SET lock_timeout = '300ms'").execute(&mut conn).await.unwrap();
+    sqlx::query("SET lock_timeout = '300ms'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let mut prior_lock = ExclusiveLock::new(&mut conn, prior);
     prior_lock.acquire().await.unwrap();
 
     let mut lock = ExclusiveLock::new(&mut prior_lock, [prior, busy]);
     abandon_once_waiting(lock.acquire(), &mut observer, pid).await;
     drop(lock);
-    sqlx::query("SELECT 1").execute(prior_lock.as_mut()).await.unwrap();
+    sqlx::query("SELECT 1")
+        .execute(prior_lock.as_mut())
+        .await
+        .unwrap();
     assert_eq!(held(&mut observer, pid, prior).await, Held::Exclusive);
     prior_lock.release().await.unwrap();
     assert!(is_free(prior).await);

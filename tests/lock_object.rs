@@ -45,7 +45,10 @@ async fn ids_are_taken_in_the_order_given() {
     assert_eq!(held(&mut observer, pid, first).await, Held::Exclusive);
     assert_eq!(held(&mut observer, pid, last).await, Held::Nothing);
 
-    sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut holder)
+        .await
+        .unwrap();
     let mut lock = waiter.await.unwrap();
     for id in [first, busy, last] {
         assert_eq!(held(&mut observer, pid, id).await, Held::Exclusive);
@@ -131,13 +134,23 @@ async fn acquire_timeout_takes_free_ids_and_gives_up_on_busy_ones() {
     let mut observer = connect().await;
 
     let mut lock = ExclusiveLock::new(&mut conn, [free, busy]);
-    assert!(!lock.acquire_timeout(Duration::from_millis(50)).await.unwrap());
+    assert!(
+        !lock
+            .acquire_timeout(Duration::from_millis(50))
+            .await
+            .unwrap()
+    );
     assert!(!lock.is_locked());
     assert_eq!(held(&mut observer, pid, free).await, Held::Nothing);
     drop(lock);
 
     let mut lone = ExclusiveLock::new(&mut conn, busy);
-    assert!(!lone.acquire_timeout(Duration::from_millis(50)).await.unwrap());
+    assert!(
+        !lone
+            .acquire_timeout(Duration::from_millis(50))
+            .await
+            .unwrap()
+    );
     assert!(!lone.acquire_timeout(Duration::ZERO).await.unwrap());
     drop(lone);
 
@@ -159,13 +172,19 @@ async fn acquire_timeout_waits_on_the_server_for_a_release() {
         (taken, lock)
     });
     until_waiting(&mut observer, pid).await;
-    sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut holder)
+        .await
+        .unwrap();
     let (taken, lock) = waiter.await.unwrap();
     assert!(taken && lock.is_locked());
 }
 
 async fn lock_timeout_of(conn: &mut PgConnection) -> String {
-    sqlx::query_scalar("SHOW lock_timeout").fetch_one(conn).await.unwrap()
+    sqlx::query_scalar("SHOW lock_timeout")
+        .fetch_one(conn)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -173,27 +192,48 @@ async fn acquire_timeout_leaves_lock_timeout_as_it_found_it() {
     let [free, busy] = unique_keys(2).try_into().unwrap();
     let _holder = hold_elsewhere(busy).await;
     let mut conn = connect().await;
-    sqlx::query("SET lock_timeout = '7s'").execute(&mut conn).await.unwrap();
+    sqlx::query("SET lock_timeout = '7s'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
 
     for ids in [vec![free], vec![busy], vec![free, busy]] {
         let mut lock = ExclusiveLock::new(&mut conn, &ids);
-        let _ = lock.acquire_timeout(Duration::from_millis(20)).await.unwrap();
+        let _ = lock
+            .acquire_timeout(Duration::from_millis(20))
+            .await
+            .unwrap();
         drop(lock);
         assert_eq!(lock_timeout_of(&mut conn).await, "7s");
     }
 
     let mut tx = conn.begin().await.unwrap();
-    sqlx::query("SET LOCAL lock_timeout = '3s'").execute(&mut *tx).await.unwrap();
+    sqlx::query("SET LOCAL lock_timeout = '3s'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     let mut lock = ExclusiveLock::new(&mut *tx, [free, busy]);
-    assert!(!lock.acquire_timeout(Duration::from_millis(20)).await.unwrap());
+    assert!(
+        !lock
+            .acquire_timeout(Duration::from_millis(20))
+            .await
+            .unwrap()
+    );
     drop(lock);
     assert_eq!(lock_timeout_of(&mut tx).await, "3s");
     let mut lock = ExclusiveLock::new(&mut *tx, [free]);
-    assert!(lock.acquire_timeout(Duration::from_millis(20)).await.unwrap());
+    assert!(
+        lock.acquire_timeout(Duration::from_millis(20))
+            .await
+            .unwrap()
+    );
     lock.release().await.unwrap();
     drop(lock);
     assert_eq!(lock_timeout_of(&mut tx).await, "3s");
-    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *tx).await.unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
     assert_eq!(one, 1, "the timeout aborted the transaction");
     tx.commit().await.unwrap();
     assert_eq!(lock_timeout_of(&mut conn).await, "7s");
@@ -209,7 +249,9 @@ async fn lock_futures_are_send() {
         let mut lock = ExclusiveLock::new(connect().await, id);
         assert_send(lock.acquire()).await.unwrap();
         assert_send(lock.try_acquire()).await.unwrap();
-        assert_send(lock.acquire_timeout(Duration::from_secs(1))).await.unwrap();
+        assert_send(lock.acquire_timeout(Duration::from_secs(1)))
+            .await
+            .unwrap();
         assert_send(lock.held_on_server()).await.unwrap();
         lock
     });
@@ -226,7 +268,10 @@ async fn dropping_a_held_object_releases_before_the_next_use_of_its_connection()
     lock.acquire().await.unwrap();
     lock.acquire().await.unwrap();
     drop(lock);
-    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await.unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(one, 1);
     for id in &ids {
         assert!(is_free(*id).await);

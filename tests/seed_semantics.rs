@@ -2,7 +2,9 @@
 //! server, counting only this test's sessions in `pg_locks`.
 
 use alock::{Error, ExclusiveLock, LockId, ShareLock};
-use alock_dev::{Held, backend_pid, connect, held, is_free, unique_key, unique_keys, until_waiting};
+use alock_dev::{
+    Held, backend_pid, connect, held, is_free, unique_key, unique_keys, until_waiting,
+};
 
 #[tokio::test]
 async fn blocking_acquire_waits_for_the_holder_then_takes_over() {
@@ -45,7 +47,9 @@ async fn try_acquire_does_not_wait_and_reports_busy() {
 #[tokio::test]
 async fn mixed_and_duplicate_ids_share_then_exclude() {
     let pair = unique_key();
-    let LockId::Int4Pair(a, b) = unique_key() else { unreachable!() };
+    let LockId::Int4Pair(a, b) = unique_key() else {
+        unreachable!()
+    };
     let int8 = LockId::Int8(i64::from(a) << 32 | i64::from(b as u32));
     let ids = [pair, int8, int8, pair];
     let mut observer = connect().await;
@@ -72,7 +76,10 @@ async fn mixed_and_duplicate_ids_share_then_exclude() {
     excl_one.release().await.unwrap();
     assert!(excl_two.try_acquire().await.unwrap());
     excl_two.release().await.unwrap();
-    assert!(is_free(pair).await && is_free(int8).await, "duplicates fully released");
+    assert!(
+        is_free(pair).await && is_free(int8).await,
+        "duplicates fully released"
+    );
 }
 
 #[tokio::test]
@@ -114,7 +121,10 @@ async fn lock_on_a_closed_connection_reports_unlocked_and_exits_cleanly() {
         .unwrap();
     assert!(killed);
 
-    assert!(matches!(lock.held_on_server().await, Err(Error::Database(_))));
+    assert!(matches!(
+        lock.held_on_server().await,
+        Err(Error::Database(_))
+    ));
     assert!(!lock.is_locked());
     assert!(matches!(lock.release().await, Err(Error::NotHeld)));
     drop(lock);

@@ -98,25 +98,38 @@ impl Error {
 
     /// Types an sqlx error by its SQLSTATE where it has one of ours.
     pub(crate) fn from_sqlx(error: sqlx::Error) -> Error {
-        if let sqlx::Error::Database(db) = &error {
-            if let Some(code @ ("40P01" | "53200" | "55P03" | "57014")) = db.code().as_deref() {
-                return Error::from_server(code.to_owned(), db.message().to_owned());
-            }
+        if let sqlx::Error::Database(db) = &error
+            && let Some(code @ ("40P01" | "53200" | "55P03" | "57014")) = db.code().as_deref()
+        {
+            return Error::from_server(code.to_owned(), db.message().to_owned());
         }
         Error::Database(error)
     }
 
-    /// Whether this error means the connection itself is gone.
+    /// Whether this error means the connection itself is gone: an I/O or
+    /// protocol failure, or a server error that ends the session (a `FATAL`
+    /// such as `pg_terminate_backend`'s 57P01, or class 08).
     pub(crate) fn is_connection_lost(&self) -> bool {
-        matches!(
-            self,
+        use sqlx::postgres::{PgDatabaseError, PgSeverity};
+        match self {
             Error::Database(
                 sqlx::Error::Io(_)
-                    | sqlx::Error::Protocol(_)
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::WorkerCrashed
-            )
-        )
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            Error::Database(sqlx::Error::Database(db)) => {
+                let fatal = db.try_downcast_ref::<PgDatabaseError>().is_some_and(|pg| {
+                    matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic)
+                });
+                let code = db.code();
+                fatal
+                    || code
+                        .as_deref()
+                        .is_some_and(|c| c.starts_with("08") || c.starts_with("57P"))
+            }
+            _ => false,
+        }
     }
 }

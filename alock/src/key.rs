@@ -239,16 +239,23 @@ mod tests {
         let id = LockId::Int8(9);
         assert_eq!(
             (&id, (1, 2), 3_i64, [4_i64, 5].as_slice().len() as i64).lock_ids(),
-            [LockId::Int8(9), LockId::Int4Pair(1, 2), LockId::Int8(3), LockId::Int8(2)],
+            [
+                LockId::Int8(9),
+                LockId::Int4Pair(1, 2),
+                LockId::Int8(3),
+                LockId::Int8(2)
+            ],
         );
     }
 
     #[test]
     fn collections_and_references() {
         let v = vec![1_i64, 2, 3];
-        assert_eq!(v.lock_ids(), (&v).lock_ids());
+        let by_ref: &Vec<i64> = &v;
+        assert_eq!(v.lock_ids(), AdvisoryKeys::lock_ids(&by_ref));
         assert_eq!(v.as_slice().lock_ids(), [1_i64, 2, 3].lock_ids());
-        assert_eq!((&[(1, 1)]).lock_ids(), [LockId::Int4Pair(1, 1)]);
+        let array_ref: &[(i32, i32); 1] = &[(1, 1)];
+        assert_eq!(AdvisoryKeys::lock_ids(&array_ref), [LockId::Int4Pair(1, 1)]);
         assert!(Vec::<i64>::new().lock_ids().is_empty());
     }
 
@@ -263,7 +270,13 @@ mod tests {
     #[test]
     fn pg_locks_rows_of_extreme_keys() {
         assert_eq!(LockId::Int8(i64::MIN).pg_locks_row(), (1 << 31, 0, 1));
-        assert_eq!(LockId::Int8(i64::MAX).pg_locks_row(), (i32::MAX as u32, u32::MAX, 1));
-        assert_eq!(LockId::Int4Pair(i32::MIN, -1).pg_locks_row(), (1 << 31, u32::MAX, 2));
+        assert_eq!(
+            LockId::Int8(i64::MAX).pg_locks_row(),
+            (i32::MAX as u32, u32::MAX, 1)
+        );
+        assert_eq!(
+            LockId::Int4Pair(i32::MIN, -1).pg_locks_row(),
+            (1 << 31, u32::MAX, 2)
+        );
     }
 }

@@ -356,9 +356,13 @@ impl<C: AsMut<PgConnection>, M: Mode> Drop for AdvisoryLock<C, M> {
 
 impl<C: AsMut<PgConnection>, M: Mode> fmt::Debug for AdvisoryLock<C, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct(if M::SHARED { "ShareLock" } else { "ExclusiveLock" })
-            .field("ids", &self.ids)
-            .field("count", &self.count)
-            .finish_non_exhaustive()
+        f.debug_struct(if M::SHARED {
+            "ShareLock"
+        } else {
+            "ExclusiveLock"
+        })
+        .field("ids", &self.ids)
+        .field("count", &self.count)
+        .finish_non_exhaustive()
     }
 }

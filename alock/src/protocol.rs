@@ -69,7 +69,12 @@ pub(crate) async fn acquire(
     taken
 }
 
-async fn try_one(conn: &mut PgConnection, id: LockId, shared: bool, token: u64) -> Result<bool, Error> {
+async fn try_one(
+    conn: &mut PgConnection,
+    id: LockId,
+    shared: bool,
+    token: u64,
+) -> Result<bool, Error> {
     let query = sqlx::query_scalar::<_, Option<String>>(sql::try_one(id, shared));
     let query = match id {
         LockId::Int8(key) => query.bind(key),
@@ -104,7 +109,11 @@ async fn run_block(
 }
 
 /// Releases every id, in reverse order. 1 round trip.
-pub(crate) async fn release(conn: &mut PgConnection, ids: &[LockId], shared: bool) -> Result<(), Error> {
+pub(crate) async fn release(
+    conn: &mut PgConnection,
+    ids: &[LockId],
+    shared: bool,
+) -> Result<(), Error> {
     match ids {
         [] => {}
         [id] => {
@@ -141,7 +150,11 @@ pub(crate) async fn release(conn: &mut PgConnection, ids: &[LockId], shared: boo
 
 /// Whether this session holds every id, granted, in this mode, according to
 /// `pg_locks`. 1 round trip.
-pub(crate) async fn held(conn: &mut PgConnection, ids: &[LockId], shared: bool) -> Result<bool, Error> {
+pub(crate) async fn held(
+    conn: &mut PgConnection,
+    ids: &[LockId],
+    shared: bool,
+) -> Result<bool, Error> {
     let mut rows: Vec<(u32, u32, i16)> = ids.iter().map(|id| id.pg_locks_row()).collect();
     rows.sort_unstable();
     rows.dedup();

@@ -1,0 +1,145 @@
+//! Round trips counted on the wire, for 1, 2 and 64 ids: the deterministic
+//! guard against a regression that a stopwatch would miss.
+
+use std::time::Duration;
+
+use alock::{AdvisoryLock, ExclusiveLock, LockId, Mode, ShareLock};
+use alock_dev::{
+    RoundTrips, backend_pid, connect, database_url, hold_elsewhere, is_free, unique_keys,
+    until_waiting,
+};
+use sqlx::{Connection, PgConnection};
+
+async fn counted() -> (RoundTrips, PgConnection) {
+    let proxy = RoundTrips::start(database_url()).await;
+    let conn = PgConnection::connect(proxy.url()).await.unwrap();
+    (proxy, conn)
+}
+
+/// Runs `op` and returns how many round trips it took.
+async fn trips<T>(proxy: &RoundTrips, op: impl std::future::Future<Output = T>) -> (T, u64) {
+    let before = proxy.count();
+    let out = op.await;
+    (out, proxy.count() - before)
+}
+
+/// sqlx prepares a statement the first time a connection runs it (one
+/// extra round trip, cached afterwards): run every path once before counting.
+async fn warm_up<M: Mode>(lock: &mut AdvisoryLock<&mut PgConnection, M>) {
+    assert!(lock.try_acquire().await.unwrap());
+    lock.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn free_ids_cost_one_round_trip_each_way() {
+    for n in [1, 2, 64] {
+        let ids = unique_keys(n);
+        let (proxy, mut conn) = counted().await;
+        let mut lock = ExclusiveLock::new(&mut conn, &ids);
+        warm_up(&mut lock).await;
+
+        let (r, t) = trips(&proxy, lock.acquire()).await;
+        r.unwrap();
+        assert_eq!(t, 1, "acquire of {n} ids");
+        let (r, t) = trips(&proxy, lock.release()).await;
+        r.unwrap();
+        assert_eq!(t, 1, "release of {n} ids");
+
+        let (r, t) = trips(&proxy, lock.try_acquire()).await;
+        assert!(r.unwrap());
+        assert_eq!(t, 1, "try_acquire of {n} ids");
+        lock.release().await.unwrap();
+
+        let (r, t) = trips(&proxy, lock.acquire_timeout(Duration::from_secs(5))).await;
+        assert!(r.unwrap());
+        assert_eq!(t, 1, "acquire_timeout of {n} ids");
+        lock.release().await.unwrap();
+        drop(lock);
+        for id in &ids {
+            assert!(is_free(*id).await);
+        }
+    }
+}
+
+#[tokio::test]
+async fn reentrant_acquire_and_release_cost_nothing() {
+    for n in [1, 2, 64] {
+        let ids = unique_keys(n);
+        let (proxy, mut conn) = counted().await;
+        let mut lock = ShareLock::new(&mut conn, &ids);
+        warm_up(&mut lock).await;
+        lock.acquire().await.unwrap();
+        let (r, t) = trips(&proxy, lock.acquire()).await;
+        r.unwrap();
+        assert_eq!(t, 0);
+        let (r, t) = trips(&proxy, lock.try_acquire()).await;
+        assert!(r.unwrap());
+        assert_eq!(t, 0);
+        let (r, t) = trips(&proxy, lock.acquire_timeout(Duration::from_secs(1))).await;
+        assert!(r.unwrap());
+        assert_eq!(t, 0);
+        for _ in 0..3 {
+            let (r, t) = trips(&proxy, lock.release()).await;
+            r.unwrap();
+            assert_eq!(t, 0);
+        }
+        let (r, t) = trips(&proxy, lock.release()).await;
+        r.unwrap();
+        assert_eq!(t, 1);
+    }
+}
+
+#[tokio::test]
+async fn try_acquire_that_finds_the_last_id_busy_gives_back_in_the_same_round_trip() {
+    for n in [1, 2, 64] {
+        let ids = unique_keys(n);
+        let busy = *ids.last().unwrap();
+        let (proxy, mut conn) = counted().await;
+        let mut lock = ExclusiveLock::new(&mut conn, &ids);
+        warm_up(&mut lock).await;
+        let _holder = hold_elsewhere(busy).await;
+
+        let (r, t) = trips(&proxy, lock.try_acquire()).await;
+        assert!(!r.unwrap());
+        assert_eq!(t, 1, "try_acquire of {n} ids, the last busy");
+        let (r, t) = trips(&proxy, lock.acquire_timeout(Duration::from_millis(10))).await;
+        assert!(!r.unwrap());
+        assert_eq!(
+            t,
+            if n == 1 { 2 } else { 1 },
+            "timed-out acquire of {n} ids"
+        );
+        drop(lock);
+        for id in &ids[..n - 1] {
+            assert!(is_free(*id).await);
+        }
+    }
+}
+
+#[tokio::test]
+async fn waiting_for_a_busy_id_costs_one_round_trip_more_for_a_single_id_only() {
+    for n in [1, 2, 64] {
+        let ids: Vec<LockId> = unique_keys(n);
+        let busy = ids[0];
+        let (proxy, mut conn) = counted().await;
+        let pid = backend_pid(&mut conn).await;
+        warm_up(&mut ExclusiveLock::new(&mut conn, &ids)).await;
+        let mut holder = hold_elsewhere(busy).await;
+        let mut observer = connect().await;
+
+        let before = proxy.count();
+        let waiter = tokio::spawn(async move {
+            let mut lock = ExclusiveLock::new(&mut conn, &ids);
+            lock.acquire().await.unwrap();
+            lock.release().await.unwrap();
+        });
+        until_waiting(&mut observer, pid).await;
+        sqlx::query("SELECT pg_advisory_unlock_all()")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        waiter.await.unwrap();
+        let acquire_and_release = proxy.count() - before;
+        assert_eq!(acquire_and_release, if n == 1 { 3 } else { 2 }, "{n} ids");
+    }
+}
