@@ -7,16 +7,18 @@
 mod error;
 mod key;
 mod lock;
+mod namespace;
 mod pending;
 mod protocol;
 mod sql;
-mod namespace;
 
 pub use error::{Error, ServerError};
-pub use lock::{AdvisoryLock, Exclusive, ExclusiveLock, Mode, ShareLock, Shared};
 pub use key::{AdvisoryKey, AdvisoryKeys, LockId};
+pub use lock::{AdvisoryLock, Exclusive, ExclusiveLock, Mode, ShareLock, Shared};
 // BEGIN derive exports (owned by the derive work)
-pub use namespace::namespace;
 #[cfg(feature = "derive")]
+#[doc(inline)]
+#[doc = include_str!("derive_doc.md")]
 pub use alock_derive::AdvisoryKey;
+pub use namespace::{Int4Key, Int8Key, Namespaced, namespace};
 // END derive exports
