@@ -111,11 +111,19 @@ pub async fn backend_pid(conn: &mut PgConnection) -> i32 {
 /// it exclusively at once (and gives it straight back).
 pub async fn is_free(id: LockId) -> bool {
     let mut probe = connect().await;
+    // Unlocked in the same statement: a lock left to the end of the probe's
+    // session would linger until its backend exits, after close() returns.
     let taken: bool = match id {
-        LockId::Int8(k) => sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(k),
-        LockId::Int4Pair(a, b) => sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-            .bind(a)
-            .bind(b),
+        LockId::Int8(k) => sqlx::query_scalar(
+            "SELECT CASE WHEN pg_try_advisory_lock($1) THEN pg_advisory_unlock($1) ELSE false END",
+        )
+        .bind(k),
+        LockId::Int4Pair(a, b) => sqlx::query_scalar(
+            "SELECT CASE WHEN pg_try_advisory_lock($1, $2) \
+             THEN pg_advisory_unlock($1, $2) ELSE false END",
+        )
+        .bind(a)
+        .bind(b),
     }
     .fetch_one(&mut probe)
     .await

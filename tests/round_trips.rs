@@ -143,3 +143,41 @@ async fn waiting_for_a_busy_id_costs_one_round_trip_more_for_a_single_id_only() 
         assert_eq!(acquire_and_release, if n == 1 { 3 } else { 2 }, "{n} ids");
     }
 }
+
+#[tokio::test]
+async fn guards_and_transaction_locks_cost_one_round_trip() {
+    use alock::prelude::*;
+    for n in [1, 2, 64] {
+        let ids = unique_keys(n);
+        let (proxy, mut conn) = counted().await;
+        warm_up(&mut ExclusiveLock::new(&mut conn, &ids)).await;
+        {
+            let mut tx = conn.begin().await.unwrap();
+            tx.xact_lock_shared(&ids).await.unwrap();
+            assert!(tx.try_xact_lock_exclusive(&ids).await.unwrap());
+            tx.commit().await.unwrap();
+        }
+
+        let (guard, t) = trips(&proxy, conn.lock_exclusive(&ids)).await;
+        assert_eq!(t, 1, "guard of {n} ids");
+        let (r, t) = trips(&proxy, guard.unwrap().release()).await;
+        r.unwrap();
+        assert_eq!(t, 1, "guard release of {n} ids");
+
+        let mut tx = conn.begin().await.unwrap();
+        let (r, t) = trips(&proxy, tx.xact_lock_shared(&ids)).await;
+        r.unwrap();
+        assert_eq!(t, 1, "transaction lock of {n} ids");
+        let (r, t) = trips(&proxy, tx.try_xact_lock_exclusive(&ids)).await;
+        assert!(r.unwrap());
+        assert_eq!(t, 1, "transaction try-lock of {n} ids");
+        tx.commit().await.unwrap();
+
+        let (tx, t) = trips(&proxy, conn.begin_locked_exclusive(&ids)).await;
+        assert_eq!(t, 1, "BEGIN and lock of {n} ids");
+        tx.unwrap().commit().await.unwrap();
+        for id in &ids {
+            assert!(is_free(*id).await);
+        }
+    }
+}

@@ -216,12 +216,7 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
     /// when the time is up, there is no need to wrap it in a client-side
     /// timeout.
     pub async fn acquire_timeout(&mut self, timeout: Duration) -> Result<bool, Error> {
-        let patience = if timeout.is_zero() {
-            Patience::None
-        } else {
-            Patience::For(timeout)
-        };
-        self.take(patience).await
+        self.take(Patience::within(timeout)).await
     }
 
     async fn take(&mut self, patience: Patience) -> Result<bool, Error> {
@@ -313,9 +308,15 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
         self.conn.as_ref().expect(CONN)
     }
 
-    /// The connection, to run queries while the ids are held.
+    /// The connection as given to [`new`](Self::new).
     pub fn get_mut(&mut self) -> &mut C {
         self.conn.as_mut().expect(CONN)
+    }
+
+    /// The connection, to run queries while the ids are held:
+    /// `sqlx::query(..).execute(lock.connection())`.
+    pub fn connection(&mut self) -> &mut PgConnection {
+        self.conn.as_mut().expect(CONN).as_mut()
     }
 
     /// Gives the connection back. If the object is held, its release is

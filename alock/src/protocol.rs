@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::{AssertSqlSafe, PgConnection, Row};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
 use crate::sql::{self, Outcome, Wait};
 use crate::{Error, LockId, pending};
@@ -17,6 +17,17 @@ pub(crate) enum Patience {
     Forever,
     /// Wait at most this long, measured on the server.
     For(Duration),
+}
+
+impl Patience {
+    /// At most `timeout`; a zero timeout never waits.
+    pub(crate) fn within(timeout: Duration) -> Patience {
+        if timeout.is_zero() {
+            Patience::None
+        } else {
+            Patience::For(timeout)
+        }
+    }
 }
 
 /// Takes every id in order, all or nothing; `Ok(false)` when some id was
@@ -95,7 +106,11 @@ async fn run_block(
     wait: Wait,
     token: u64,
 ) -> Result<bool, Error> {
-    let block = sql::acquire_block(ids, shared, wait, token);
+    run_outcome(conn, sql::acquire_block(ids, shared, wait, token)).await
+}
+
+/// Runs an acquire block and reads its outcome.
+async fn run_outcome(conn: &mut PgConnection, block: String) -> Result<bool, Error> {
     let row = sqlx::raw_sql(AssertSqlSafe(block))
         .fetch_one(conn)
         .await
@@ -105,6 +120,49 @@ async fn run_block(
         Outcome::Acquired => Ok(true),
         Outcome::Busy => Ok(false),
         Outcome::Failed { code, message } => Err(Error::from_server(code, message)),
+    }
+}
+
+/// Takes every id at transaction level, in order, all or nothing;
+/// `Ok(false)` when some id was busy and `patience` ran out.
+///
+/// Round trips as for [`acquire`]. The locks last until the transaction
+/// ends; they cannot be given back earlier. If the future is dropped while a
+/// wait is in flight, the wait goes on on the server and whatever it is
+/// granted lasts until the transaction ends, like every lock of it.
+pub(crate) async fn acquire_xact(
+    conn: &mut PgConnection,
+    ids: &[LockId],
+    shared: bool,
+    patience: Patience,
+) -> Result<bool, Error> {
+    if !conn.is_in_transaction() {
+        return Err(Error::NotInTransaction);
+    }
+    let started = Instant::now();
+    let wait = |patience| match patience {
+        Patience::None => Wait::No,
+        Patience::Forever => Wait::Forever,
+        Patience::For(limit) => Wait::Until(limit.saturating_sub(started.elapsed())),
+    };
+    match ids {
+        [] => Ok(true),
+        [id] => {
+            let query = sqlx::query_scalar::<_, bool>(sql::try_one_xact(*id, shared));
+            let query = match *id {
+                LockId::Int8(key) => query.bind(key),
+                LockId::Int4Pair(key1, key2) => query.bind(key1).bind(key2),
+            };
+            let taken = query
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(Error::from_sqlx)?;
+            if taken || matches!(patience, Patience::None) {
+                return Ok(taken);
+            }
+            run_outcome(conn, sql::xact_acquire_block(ids, shared, wait(patience))).await
+        }
+        _ => run_outcome(conn, sql::xact_acquire_block(ids, shared, wait(patience))).await,
     }
 }
 

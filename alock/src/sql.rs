@@ -251,6 +251,118 @@ fn wait_for(m: &str, before: &str) -> String {
     )
 }
 
+/// Tries one id at transaction level; returns whether it was taken.
+/// 1 round trip.
+pub(crate) const fn try_one_xact(id: LockId, shared: bool) -> &'static str {
+    match (id, shared) {
+        (LockId::Int8(_), false) => "SELECT pg_try_advisory_xact_lock($1)",
+        (LockId::Int8(_), true) => "SELECT pg_try_advisory_xact_lock_shared($1)",
+        (LockId::Int4Pair(..), false) => "SELECT pg_try_advisory_xact_lock($1, $2)",
+        (LockId::Int4Pair(..), true) => "SELECT pg_try_advisory_xact_lock_shared($1, $2)",
+    }
+}
+
+/// SQLSTATE a block raises to give back its transaction-level locks: they
+/// cannot be unlocked by hand, but those taken inside a PL/pgSQL block are
+/// released when the block's subtransaction rolls back.
+pub(crate) const BUSY_SQLSTATE: &str = "AL000";
+
+/// The loop that takes `ids` at transaction level, in order, raising
+/// [`BUSY_SQLSTATE`] when one is busy and `wait` is over.
+fn xact_loop(ids: &[LockId], shared: bool, wait: Wait) -> String {
+    let m = suffix(shared);
+    let (k, a, b) = id_arrays(ids);
+    let busy = format!("RAISE EXCEPTION USING ERRCODE = '{BUSY_SQLSTATE}';");
+    let on_busy = match wait {
+        Wait::No => busy,
+        Wait::Forever => format!(
+            "IF a[i] IS NULL THEN PERFORM pg_advisory_xact_lock{m}(k[i]); \
+             ELSE PERFORM pg_advisory_xact_lock{m}(a[i], b[i]); END IF;"
+        ),
+        Wait::Until(_) => format!(
+            "left_ms := ceil(extract(epoch FROM deadline - clock_timestamp()) * 1000); \
+             IF left_ms <= 0 THEN {busy} END IF; \
+             PERFORM set_config('lock_timeout', left_ms || 'ms', true); \
+             IF a[i] IS NULL THEN PERFORM pg_advisory_xact_lock{m}(k[i]); \
+             ELSE PERFORM pg_advisory_xact_lock{m}(a[i], b[i]); END IF;"
+        ),
+    };
+    let (deadline, restore) = match wait {
+        Wait::Until(limit) => (
+            format!(
+                "saved := current_setting('lock_timeout'); \
+                 deadline := clock_timestamp() + make_interval(secs => {}::float8 / 1000000);",
+                limit.as_micros()
+            ),
+            "PERFORM set_config('lock_timeout', saved, true);",
+        ),
+        _ => (String::new(), ""),
+    };
+    format!(
+        "DECLARE k int8[] := {k}; a int4[] := {a}; b int4[] := {b}; \
+           left_ms float8; saved text; deadline timestamptz; \
+         BEGIN \
+           {deadline} \
+           FOR i IN 1..cardinality(k) LOOP \
+             IF NOT (CASE WHEN a[i] IS NULL THEN pg_try_advisory_xact_lock{m}(k[i]) \
+                          ELSE pg_try_advisory_xact_lock{m}(a[i], b[i]) END) \
+             THEN {on_busy} \
+             END IF; \
+           END LOOP; \
+           {restore}"
+    )
+}
+
+/// The all-or-nothing transaction-level acquire of `ids`: a `DO` block whose
+/// inner block takes them and, on any error, rolls back (giving them all
+/// back) and reports, followed by the `SELECT` of its outcome. 1 round trip.
+pub(crate) fn xact_acquire_block(ids: &[LockId], shared: bool, wait: Wait) -> String {
+    let timeout_busy = matches!(wait, Wait::Until(_));
+    let body = xact_loop(ids, shared, wait);
+    format!(
+        "DO $alock$ BEGIN \
+           {body} \
+             PERFORM set_config('alock.outcome', 'acquired', true); \
+           EXCEPTION \
+             WHEN SQLSTATE '{BUSY_SQLSTATE}' THEN \
+               PERFORM set_config('alock.outcome', 'busy', true); \
+             WHEN OTHERS OR query_canceled THEN \
+               IF {timeout_busy} AND SQLSTATE = '55P03' \
+               THEN PERFORM set_config('alock.outcome', 'busy', true); \
+               ELSE PERFORM set_config('alock.outcome', SQLSTATE || ' ' || SQLERRM, true); \
+               END IF; \
+           END; \
+         END $alock$; \
+         SELECT current_setting('alock.outcome')"
+    )
+}
+
+/// Takes `ids` at transaction level, in order, waiting, then `BEGIN`s, in
+/// one simple query. The locks are taken in the query's implicit
+/// transaction, which the `BEGIN` turns into the caller's transaction; if a
+/// lock fails, the implicit transaction rolls back, giving back every id, and
+/// the session is left outside any transaction. 1 round trip.
+pub(crate) fn lock_then_begin(ids: &[LockId], shared: bool) -> String {
+    if ids.is_empty() {
+        return "BEGIN".to_owned();
+    }
+    let m = suffix(shared);
+    let mut sql = String::from("SELECT ");
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = match *id {
+            LockId::Int8(key) => write!(sql, "pg_advisory_xact_lock{m}({key})"),
+            LockId::Int4Pair(key1, key2) => {
+                write!(sql, "pg_advisory_xact_lock{m}({key1}, {key2})")
+            }
+        };
+    }
+    sql.push_str("; BEGIN");
+    sql
+}
+
 /// Releases `ids` (any order; release order does not matter to the
 /// server). Queued from `Drop`, so a simple query.
 pub(crate) fn unlock_queued(ids: &[LockId], shared: bool) -> String {

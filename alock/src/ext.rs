@@ -1,0 +1,712 @@
+//! Locking the sqlx way: methods on `PgConnection` and `PgPool`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres, Transaction};
+
+use crate::guard::{LockGuard, PoolLockGuard};
+use crate::protocol::{self, Patience};
+use crate::{AdvisoryKeys, Error, LockId, sql};
+
+mod sealed {
+    pub trait Connection {}
+    impl Connection for sqlx::PgConnection {}
+    pub trait Pool {}
+    impl Pool for sqlx::PgPool {}
+}
+
+/// Advisory locks on a connection: `conn.lock_exclusive(&order).await?`.
+///
+/// Implemented for `PgConnection`, so also usable on a
+/// `PoolConnection<Postgres>` and a `Transaction<'_, Postgres>` through
+/// `DerefMut`. Every method takes [`AdvisoryKeys`]: one key, an array, a
+/// slice, a `Vec`, or a tuple of keys of different types, taken in order, all
+/// or nothing.
+///
+/// **Session-level** locks ([`lock_exclusive`](Self::lock_exclusive) and
+/// siblings) are held by the database session until released; they return a
+/// [`LockGuard`] that releases them. **Transaction-level** locks
+/// ([`xact_lock_exclusive`](Self::xact_lock_exclusive) and siblings) are held
+/// until the transaction ends, by `COMMIT`, `ROLLBACK`, or a dropped
+/// `Transaction`, and cannot be released earlier. **Exclusive** locks
+/// conflict with every other session's lock on the same id; **shared** locks
+/// only with exclusive ones.
+///
+/// # Examples
+///
+/// ```no_run
+/// use alock::prelude::*;
+///
+/// #[derive(AdvisoryKey)]
+/// #[advisory_key(namespace = "orders")]
+/// struct Order {
+///     #[advisory_key(id)]
+///     id: i32,
+/// }
+///
+/// # async fn example(conn: &mut sqlx::PgConnection) -> Result<(), alock::Error> {
+/// let order = Order { id: 7 };
+/// let mut guard = conn.lock_exclusive(&order).await?;
+/// sqlx::query("UPDATE orders SET state = 'paid' WHERE id = $1")
+///     .bind(order.id)
+///     .execute(&mut *guard)
+///     .await?;
+/// guard.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub trait AdvisoryLockExt: sealed::Connection {
+    /// Takes `keys` exclusively at session level, waiting while another
+    /// session holds one, and returns the guard that releases them.
+    ///
+    /// Tries the ids at once (`pg_try_advisory_lock`) and, where one is busy,
+    /// waits for it on the server (`pg_advisory_lock`): 1 round trip, 2 when
+    /// a single id has to be waited for. See
+    /// [`try_lock_exclusive`](Self::try_lock_exclusive) and
+    /// [`lock_exclusive_timeout`](Self::lock_exclusive_timeout).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Deadlock`], [`Error::LockTimeout`] (the session's own
+    /// `lock_timeout`), [`Error::Canceled`], [`Error::LockTableFull`], or
+    /// [`Error::Database`]. Whatever the error, none of the ids is left held
+    /// by this call, and no wait that fails aborts an enclosing transaction.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future mid-wait queues, on the connection, a release that
+    /// runs before its next use, after the abandoned wait ends on the server,
+    /// and only if that wait took the ids: the session does not end up
+    /// holding them, and the abandoned wait's outcome never reaches a later
+    /// query. The connection's next use waits for the abandoned wait to end;
+    /// to bound a wait, use
+    /// [`lock_exclusive_timeout`](Self::lock_exclusive_timeout), which waits
+    /// on the server and returns by itself. Inside a transaction begun
+    /// through sqlx, the release can be queued only on an idle connection:
+    /// see the crate documentation.
+    fn lock_exclusive(
+        &mut self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<LockGuard<'_>, Error>> + Send + '_;
+
+    /// As [`lock_exclusive`](Self::lock_exclusive), in shared mode
+    /// (`pg_advisory_lock_shared`).
+    ///
+    /// # Errors
+    ///
+    /// As for [`lock_exclusive`](Self::lock_exclusive).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`lock_exclusive`](Self::lock_exclusive).
+    fn lock_shared(
+        &mut self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<LockGuard<'_>, Error>> + Send + '_;
+
+    /// Takes `keys` exclusively if all are free now; `None` if one is busy,
+    /// with none of them held. Never waits: 1 round trip, including giving
+    /// back what it took when a later id was busy.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LockTableFull`], [`Error::Canceled`], or
+    /// [`Error::Database`]; none of the ids is left held by this call.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped after the statement is sent, the release queued on the
+    /// connection gives the ids back before its next use if the statement
+    /// took them.
+    fn try_lock_exclusive(
+        &mut self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<Option<LockGuard<'_>>, Error>> + Send + '_;
+
+    /// As [`try_lock_exclusive`](Self::try_lock_exclusive), in shared mode.
+    ///
+    /// # Errors
+    ///
+    /// As for [`try_lock_exclusive`](Self::try_lock_exclusive).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`try_lock_exclusive`](Self::try_lock_exclusive).
+    fn try_lock_shared(
+        &mut self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<Option<LockGuard<'_>>, Error>> + Send + '_;
+
+    /// Takes `keys` exclusively, waiting at most `timeout` on the server
+    /// (`lock_timeout`); `None` when the time ran out, with none of them
+    /// held.
+    ///
+    /// 1 round trip, 2 when a single id has to be waited for. The session's
+    /// `lock_timeout` is left as it was, and a timeout does not abort an
+    /// enclosing transaction. A zero timeout never waits.
+    ///
+    /// # Errors
+    ///
+    /// As for [`lock_exclusive`](Self::lock_exclusive), except that running
+    /// out of time is `Ok(None)`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`lock_exclusive`](Self::lock_exclusive); this call returns by
+    /// itself when the time is up, so it needs no client-side timeout.
+    fn lock_exclusive_timeout(
+        &mut self,
+        keys: impl AdvisoryKeys,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<LockGuard<'_>>, Error>> + Send + '_;
+
+    /// As [`lock_exclusive_timeout`](Self::lock_exclusive_timeout), in shared
+    /// mode.
+    ///
+    /// # Errors
+    ///
+    /// As for [`lock_exclusive_timeout`](Self::lock_exclusive_timeout).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`lock_exclusive_timeout`](Self::lock_exclusive_timeout).
+    fn lock_shared_timeout(
+        &mut self,
+        keys: impl AdvisoryKeys,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<LockGuard<'_>>, Error>> + Send + '_;
+
+    /// Runs `f` with the connection while `keys` are held exclusively, then
+    /// releases them, whatever `f` returns, and if `f` panics (the panic then
+    /// continues).
+    ///
+    /// Costs [`lock_exclusive`](Self::lock_exclusive) plus one round trip to
+    /// release. `f`'s error type only needs `From<alock::Error>`, so `?`
+    /// works on both inside and outside:
+    ///
+    /// ```no_run
+    /// use alock::prelude::*;
+    ///
+    /// #[derive(Debug)]
+    /// enum AppError {
+    ///     Lock(alock::Error),
+    ///     Db(sqlx::Error),
+    /// }
+    /// impl From<alock::Error> for AppError {
+    ///     fn from(e: alock::Error) -> Self {
+    ///         AppError::Lock(e)
+    ///     }
+    /// }
+    /// impl From<sqlx::Error> for AppError {
+    ///     fn from(e: sqlx::Error) -> Self {
+    ///         AppError::Db(e)
+    ///     }
+    /// }
+    ///
+    /// # async fn example(conn: &mut sqlx::PgConnection) -> Result<(), AppError> {
+    /// let shipped = conn
+    ///     .with_exclusive(7_i64, async |conn| {
+    ///         let n = sqlx::query("UPDATE orders SET state = 'shipped' WHERE id = 7")
+    ///             .execute(conn)
+    ///             .await?
+    ///             .rows_affected();
+    ///         Ok::<_, AppError>(n)
+    ///     })
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `f`'s error, or the lock's errors (as for
+    /// [`lock_exclusive`](Self::lock_exclusive)) converted into it, or the
+    /// release's error when `f` succeeded.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped at any point, the ids are released before the connection's
+    /// next use, as for a dropped [`LockGuard`]; what `f` had done is as
+    /// `f`'s own cancel safety leaves it.
+    fn with_exclusive<T, E, F>(
+        &mut self,
+        keys: impl AdvisoryKeys,
+        f: F,
+    ) -> impl Future<Output = Result<T, E>>
+    where
+        F: AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
+        E: From<Error>;
+
+    /// As [`with_exclusive`](Self::with_exclusive), in shared mode.
+    ///
+    /// # Errors
+    ///
+    /// As for [`with_exclusive`](Self::with_exclusive).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`with_exclusive`](Self::with_exclusive).
+    fn with_shared<T, E, F>(
+        &mut self,
+        keys: impl AdvisoryKeys,
+        f: F,
+    ) -> impl Future<Output = Result<T, E>>
+    where
+        F: AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
+        E: From<Error>;
+
+    /// Takes `keys` exclusively until the current transaction ends, waiting
+    /// while another session holds one (`pg_advisory_xact_lock`).
+    ///
+    /// 1 round trip, 2 when a single id has to be waited for. The connection
+    /// must be in a transaction begun through sqlx (`Connection::begin`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotInTransaction`] outside a transaction (where the lock
+    /// would end with its own statement), and otherwise as for
+    /// [`lock_exclusive`](Self::lock_exclusive): none of the ids is left held
+    /// by this call, and the transaction is not aborted by a failed wait.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped mid-wait, the wait goes on on the server, and what it is
+    /// granted lasts until the transaction ends, like any lock of it. A
+    /// dropped `Transaction` rolls back, which releases it.
+    fn xact_lock_exclusive(
+        &mut self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_;
+
+    /// As [`xact_lock_exclusive`](Self::xact_lock_exclusive), in shared mode.
+    ///
+    /// # Errors
+    ///
+    /// As for [`xact_lock_exclusive`](Self::xact_lock_exclusive).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`xact_lock_exclusive`](Self::xact_lock_exclusive).
+    fn xact_lock_shared(
+        &mut self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_;
+
+    /// Takes `keys` exclusively until the transaction ends if all are free
+    /// now; `false` if one is busy, with none of them held. 1 round trip.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotInTransaction`], or as for
+    /// [`try_lock_exclusive`](Self::try_lock_exclusive).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped after the statement is sent, whatever it took lasts until the
+    /// transaction ends.
+    fn try_xact_lock_exclusive(
+        &mut self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<bool, Error>> + Send + '_;
+
+    /// As [`try_xact_lock_exclusive`](Self::try_xact_lock_exclusive), in
+    /// shared mode.
+    ///
+    /// # Errors
+    ///
+    /// As for [`try_xact_lock_exclusive`](Self::try_xact_lock_exclusive).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`try_xact_lock_exclusive`](Self::try_xact_lock_exclusive).
+    fn try_xact_lock_shared(
+        &mut self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<bool, Error>> + Send + '_;
+
+    /// Takes `keys` exclusively until the transaction ends, waiting at most
+    /// `timeout` on the server; `false` when the time ran out, with none of
+    /// them held and the transaction not aborted. 1 round trip, 2 when a
+    /// single id has to be waited for.
+    ///
+    /// # Errors
+    ///
+    /// As for [`xact_lock_exclusive`](Self::xact_lock_exclusive), except that
+    /// running out of time is `Ok(false)`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`xact_lock_exclusive`](Self::xact_lock_exclusive).
+    fn xact_lock_exclusive_timeout(
+        &mut self,
+        keys: impl AdvisoryKeys,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send + '_;
+
+    /// As [`xact_lock_exclusive_timeout`](Self::xact_lock_exclusive_timeout),
+    /// in shared mode.
+    ///
+    /// # Errors
+    ///
+    /// As for [`xact_lock_exclusive_timeout`](Self::xact_lock_exclusive_timeout).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`xact_lock_exclusive_timeout`](Self::xact_lock_exclusive_timeout).
+    fn xact_lock_shared_timeout(
+        &mut self,
+        keys: impl AdvisoryKeys,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send + '_;
+
+    /// Begins a transaction that already holds `keys` exclusively, in one
+    /// round trip: the locks (`pg_advisory_xact_lock`, waiting if need be)
+    /// and `BEGIN` go in one message.
+    ///
+    /// On a connection already in a transaction, begins a savepoint and then
+    /// takes the locks: 2 round trips.
+    ///
+    /// # Errors
+    ///
+    /// As for [`xact_lock_exclusive`](Self::xact_lock_exclusive); on an
+    /// error no transaction is left open and none of the ids is held.
+    ///
+    /// # Cancel safety
+    ///
+    /// Do not drop this future while it waits. The statement keeps waiting on
+    /// the server, and once granted it opens a transaction that sqlx does not
+    /// know of (sqlx's own `begin` has the same window, only shorter). To
+    /// bound the wait, begin a transaction and use
+    /// [`xact_lock_exclusive_timeout`](Self::xact_lock_exclusive_timeout).
+    fn begin_locked_exclusive(
+        &mut self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<Transaction<'_, Postgres>, Error>> + Send + '_;
+
+    /// As [`begin_locked_exclusive`](Self::begin_locked_exclusive), in shared
+    /// mode.
+    ///
+    /// # Errors
+    ///
+    /// As for [`begin_locked_exclusive`](Self::begin_locked_exclusive).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`begin_locked_exclusive`](Self::begin_locked_exclusive).
+    fn begin_locked_shared(
+        &mut self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<Transaction<'_, Postgres>, Error>> + Send + '_;
+}
+
+const GRANTED: &str = "BUG: a wait without a limit ends taken or with an error";
+
+impl AdvisoryLockExt for PgConnection {
+    fn lock_exclusive(
+        &mut self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<LockGuard<'_>, Error>> + Send + '_ {
+        let ids = keys.lock_ids();
+        async move {
+            let guard = LockGuard::acquire(self, ids, false, Patience::Forever).await?;
+            Ok(guard.expect(GRANTED))
+        }
+    }
+
+    fn lock_shared(
+        &mut self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<LockGuard<'_>, Error>> + Send + '_ {
+        let ids = keys.lock_ids();
+        async move {
+            let guard = LockGuard::acquire(self, ids, true, Patience::Forever).await?;
+            Ok(guard.expect(GRANTED))
+        }
+    }
+
+    fn try_lock_exclusive(
+        &mut self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<Option<LockGuard<'_>>, Error>> + Send + '_ {
+        LockGuard::acquire(self, keys.lock_ids(), false, Patience::None)
+    }
+
+    fn try_lock_shared(
+        &mut self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<Option<LockGuard<'_>>, Error>> + Send + '_ {
+        LockGuard::acquire(self, keys.lock_ids(), true, Patience::None)
+    }
+
+    fn lock_exclusive_timeout(
+        &mut self,
+        keys: impl AdvisoryKeys,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<LockGuard<'_>>, Error>> + Send + '_ {
+        LockGuard::acquire(self, keys.lock_ids(), false, Patience::within(timeout))
+    }
+
+    fn lock_shared_timeout(
+        &mut self,
+        keys: impl AdvisoryKeys,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<LockGuard<'_>>, Error>> + Send + '_ {
+        LockGuard::acquire(self, keys.lock_ids(), true, Patience::within(timeout))
+    }
+
+    fn with_exclusive<T, E, F>(
+        &mut self,
+        keys: impl AdvisoryKeys,
+        f: F,
+    ) -> impl Future<Output = Result<T, E>>
+    where
+        F: AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
+        E: From<Error>,
+    {
+        with_lock(self, keys.lock_ids(), false, f)
+    }
+
+    fn with_shared<T, E, F>(
+        &mut self,
+        keys: impl AdvisoryKeys,
+        f: F,
+    ) -> impl Future<Output = Result<T, E>>
+    where
+        F: AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
+        E: From<Error>,
+    {
+        with_lock(self, keys.lock_ids(), true, f)
+    }
+
+    fn xact_lock_exclusive(
+        &mut self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        xact_lock(self, keys.lock_ids(), false)
+    }
+
+    fn xact_lock_shared(
+        &mut self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        xact_lock(self, keys.lock_ids(), true)
+    }
+
+    fn try_xact_lock_exclusive(
+        &mut self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<bool, Error>> + Send + '_ {
+        xact_take(self, keys.lock_ids(), false, Patience::None)
+    }
+
+    fn try_xact_lock_shared(
+        &mut self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<bool, Error>> + Send + '_ {
+        xact_take(self, keys.lock_ids(), true, Patience::None)
+    }
+
+    fn xact_lock_exclusive_timeout(
+        &mut self,
+        keys: impl AdvisoryKeys,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send + '_ {
+        xact_take(self, keys.lock_ids(), false, Patience::within(timeout))
+    }
+
+    fn xact_lock_shared_timeout(
+        &mut self,
+        keys: impl AdvisoryKeys,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send + '_ {
+        xact_take(self, keys.lock_ids(), true, Patience::within(timeout))
+    }
+
+    fn begin_locked_exclusive(
+        &mut self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<Transaction<'_, Postgres>, Error>> + Send + '_ {
+        begin_locked(self, keys.lock_ids(), false)
+    }
+
+    fn begin_locked_shared(
+        &mut self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<Transaction<'_, Postgres>, Error>> + Send + '_ {
+        begin_locked(self, keys.lock_ids(), true)
+    }
+}
+
+async fn with_lock<T, E, F>(
+    conn: &mut PgConnection,
+    ids: Vec<LockId>,
+    shared: bool,
+    f: F,
+) -> Result<T, E>
+where
+    F: AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
+    E: From<Error>,
+{
+    let mut guard = LockGuard::acquire(conn, ids, shared, Patience::Forever)
+        .await?
+        .expect(GRANTED);
+    let out = f(&mut guard).await;
+    let released = guard.release().await;
+    let value = out?;
+    released?;
+    Ok(value)
+}
+
+async fn xact_lock(conn: &mut PgConnection, ids: Vec<LockId>, shared: bool) -> Result<(), Error> {
+    let taken = xact_take(conn, ids, shared, Patience::Forever).await?;
+    debug_assert!(taken, "{GRANTED}");
+    Ok(())
+}
+
+async fn xact_take(
+    conn: &mut PgConnection,
+    ids: Vec<LockId>,
+    shared: bool,
+    patience: Patience,
+) -> Result<bool, Error> {
+    protocol::acquire_xact(conn, &ids, shared, patience).await
+}
+
+async fn begin_locked(
+    conn: &mut PgConnection,
+    ids: Vec<LockId>,
+    shared: bool,
+) -> Result<Transaction<'_, Postgres>, Error> {
+    if conn.is_in_transaction() {
+        let mut savepoint = conn.begin().await?;
+        protocol::acquire_xact(&mut savepoint, &ids, shared, Patience::Forever).await?;
+        return Ok(savepoint);
+    }
+    let statement = sql::lock_then_begin(&ids, shared);
+    conn.begin_with(AssertSqlSafe(statement))
+        .await
+        .map_err(Error::from_sqlx)
+}
+
+/// Advisory locks on a pool: each guard owns the pooled connection that
+/// holds its locks, and can move into `tokio::spawn`.
+///
+/// # Examples
+///
+/// ```no_run
+/// use alock::prelude::*;
+///
+/// # async fn example(pool: sqlx::PgPool) -> Result<(), alock::Error> {
+/// let mut guard = pool.lock_exclusive(42_i64).await?;
+/// tokio::spawn(async move {
+///     sqlx::query("SELECT 1").execute(&mut *guard).await?;
+///     guard.release().await
+/// });
+/// # Ok(())
+/// # }
+/// ```
+pub trait PoolAdvisoryLockExt: sealed::Pool {
+    /// Checks out a connection and takes `keys` exclusively through it,
+    /// waiting while another session holds one: as
+    /// [`AdvisoryLockExt::lock_exclusive`], plus the pool's checkout.
+    ///
+    /// # Errors
+    ///
+    /// The pool's errors, or as for [`AdvisoryLockExt::lock_exclusive`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before the lock is granted, the connection is closed rather
+    /// than returned: the server ends the wait and frees what it granted, and
+    /// the pool is never handed a connection still waiting.
+    fn lock_exclusive(
+        &self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<PoolLockGuard, Error>> + Send + 'static;
+
+    /// As [`lock_exclusive`](Self::lock_exclusive), in shared mode.
+    ///
+    /// # Errors
+    ///
+    /// As for [`lock_exclusive`](Self::lock_exclusive).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`lock_exclusive`](Self::lock_exclusive).
+    fn lock_shared(
+        &self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<PoolLockGuard, Error>> + Send + 'static;
+
+    /// Checks out a connection and takes `keys` exclusively if all are free
+    /// now; `None` if one is busy (the connection goes back to the pool).
+    ///
+    /// # Errors
+    ///
+    /// The pool's errors, or as for [`AdvisoryLockExt::try_lock_exclusive`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`lock_exclusive`](Self::lock_exclusive).
+    fn try_lock_exclusive(
+        &self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<Option<PoolLockGuard>, Error>> + Send + 'static;
+
+    /// As [`try_lock_exclusive`](Self::try_lock_exclusive), in shared mode.
+    ///
+    /// # Errors
+    ///
+    /// As for [`try_lock_exclusive`](Self::try_lock_exclusive).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`lock_exclusive`](Self::lock_exclusive).
+    fn try_lock_shared(
+        &self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<Option<PoolLockGuard>, Error>> + Send + 'static;
+}
+
+impl PoolAdvisoryLockExt for PgPool {
+    fn lock_exclusive(
+        &self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<PoolLockGuard, Error>> + Send + 'static {
+        let lock = pool_lock(self.clone(), keys.lock_ids(), false, Patience::Forever);
+        async move { Ok(lock.await?.expect(GRANTED)) }
+    }
+
+    fn lock_shared(
+        &self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<PoolLockGuard, Error>> + Send + 'static {
+        let lock = pool_lock(self.clone(), keys.lock_ids(), true, Patience::Forever);
+        async move { Ok(lock.await?.expect(GRANTED)) }
+    }
+
+    fn try_lock_exclusive(
+        &self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<Option<PoolLockGuard>, Error>> + Send + 'static {
+        pool_lock(self.clone(), keys.lock_ids(), false, Patience::None)
+    }
+
+    fn try_lock_shared(
+        &self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<Option<PoolLockGuard>, Error>> + Send + 'static {
+        pool_lock(self.clone(), keys.lock_ids(), true, Patience::None)
+    }
+}
+
+async fn pool_lock(
+    pool: PgPool,
+    ids: Vec<LockId>,
+    shared: bool,
+    patience: Patience,
+) -> Result<Option<PoolLockGuard>, Error> {
+    let conn = pool.acquire().await?;
+    PoolLockGuard::acquire(conn, ids, shared, patience).await
+}
