@@ -48,6 +48,31 @@ async fn a_guard_holds_until_released_and_runs_queries() {
 }
 
 #[tokio::test]
+async fn a_guard_says_whether_it_had_to_wait() {
+    let [one, two] = unique_keys(2).try_into().unwrap();
+    let mut conn = connect().await;
+    assert!(!conn.lock_exclusive(one).await.unwrap().waited());
+    assert!(!conn.lock_exclusive([one, two]).await.unwrap().waited());
+
+    let mut observer = connect().await;
+    for ids in [vec![one], vec![two, one]] {
+        let mut holder = hold_elsewhere(one).await;
+        let mut conn = connect().await;
+        let pid = backend_pid(&mut conn).await;
+        let waiter = tokio::spawn(async move {
+            let guard = conn.lock_exclusive(&ids).await.unwrap();
+            guard.waited()
+        });
+        until_waiting(&mut observer, pid).await;
+        sqlx::query("SELECT pg_advisory_unlock_all()")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        assert!(waiter.await.unwrap());
+    }
+}
+
+#[tokio::test]
 async fn a_dropped_guard_is_released_before_the_connection_is_used_again() {
     let id = unique_key();
     let mut conn = connect().await;

@@ -6,7 +6,7 @@ use std::ops::{Deref, DerefMut};
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgConnection, Postgres};
 
-use crate::protocol::{self, Patience};
+use crate::protocol::{self, Patience, Taken};
 use crate::{Error, LockId};
 
 /// Session-level advisory locks on some ids, held through a borrowed
@@ -27,6 +27,7 @@ pub struct LockGuard<'c> {
     conn: &'c mut PgConnection,
     ids: Box<[LockId]>,
     shared: bool,
+    waited: bool,
     held: bool,
 }
 
@@ -38,10 +39,11 @@ impl<'c> LockGuard<'c> {
         patience: Patience,
     ) -> Result<Option<LockGuard<'c>>, Error> {
         let taken = protocol::acquire(&mut *conn, &ids, shared, patience).await?;
-        Ok(taken.then(|| LockGuard {
+        Ok(taken.is_taken().then(|| LockGuard {
             conn,
             ids: ids.into_boxed_slice(),
             shared,
+            waited: taken == Taken::AfterWaiting,
             held: true,
         }))
     }
@@ -79,6 +81,12 @@ impl<'c> LockGuard<'c> {
     /// Whether the ids are held in shared mode.
     pub fn is_shared(&self) -> bool {
         self.shared
+    }
+
+    /// Whether taking the ids had to wait for another session to release
+    /// one: a measure of contention, for metrics.
+    pub fn waited(&self) -> bool {
+        self.waited
     }
 }
 
@@ -134,6 +142,7 @@ pub struct PoolLockGuard {
     conn: Option<PoolConnection<Postgres>>,
     ids: Box<[LockId]>,
     shared: bool,
+    waited: bool,
 }
 
 const CONN: &str = "BUG: the pooled connection is only taken by consuming methods";
@@ -160,10 +169,11 @@ impl PoolLockGuard {
         let conn = checkout.0.as_mut().expect(CONN);
         let taken = protocol::acquire(conn, &ids, shared, patience).await?;
         let conn = checkout.0.take().expect(CONN);
-        Ok(taken.then(|| PoolLockGuard {
+        Ok(taken.is_taken().then(|| PoolLockGuard {
             conn: Some(conn),
             ids: ids.into_boxed_slice(),
             shared,
+            waited: taken == Taken::AfterWaiting,
         }))
     }
 
@@ -204,6 +214,12 @@ impl PoolLockGuard {
     /// Whether the ids are held in shared mode.
     pub fn is_shared(&self) -> bool {
         self.shared
+    }
+
+    /// Whether taking the ids had to wait for another session to release
+    /// one.
+    pub fn waited(&self) -> bool {
+        self.waited
     }
 }
 

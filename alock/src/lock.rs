@@ -225,7 +225,9 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
             return Ok(true);
         }
         let conn = self.conn.as_mut().expect(CONN).as_mut();
-        let taken = protocol::acquire(conn, &self.ids, M::SHARED, patience).await?;
+        let taken = protocol::acquire(conn, &self.ids, M::SHARED, patience)
+            .await?
+            .is_taken();
         if taken {
             self.count = 1;
         }

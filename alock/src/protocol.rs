@@ -19,6 +19,23 @@ pub(crate) enum Patience {
     For(Duration),
 }
 
+/// Whether an acquire took its ids, and whether it had to wait for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Taken {
+    /// Some id was busy and the patience ran out; none is held.
+    No,
+    /// Every id was free.
+    AtOnce,
+    /// Every id is held, after waiting for at least one.
+    AfterWaiting,
+}
+
+impl Taken {
+    pub(crate) fn is_taken(self) -> bool {
+        self != Taken::No
+    }
+}
+
 impl Patience {
     /// At most `timeout`; a zero timeout never waits.
     pub(crate) fn within(timeout: Duration) -> Patience {
@@ -43,9 +60,9 @@ pub(crate) async fn acquire(
     ids: &[LockId],
     shared: bool,
     patience: Patience,
-) -> Result<bool, Error> {
+) -> Result<Taken, Error> {
     if ids.is_empty() {
-        return Ok(true);
+        return Ok(Taken::AtOnce);
     }
     let started = Instant::now();
     let mut flight = InFlight {
@@ -57,8 +74,8 @@ pub(crate) async fn acquire(
     };
     let taken = match (ids, patience) {
         ([id], _) => match try_one(flight.conn, *id, shared, flight.token).await {
-            Ok(true) => Ok(true),
-            Ok(false) if matches!(patience, Patience::None) => Ok(false),
+            Ok(true) => Ok(Taken::AtOnce),
+            Ok(false) if matches!(patience, Patience::None) => Ok(Taken::No),
             Ok(false) => {
                 let wait = match patience {
                     Patience::For(limit) => Wait::Until(limit.saturating_sub(started.elapsed())),
@@ -105,20 +122,21 @@ async fn run_block(
     shared: bool,
     wait: Wait,
     token: u64,
-) -> Result<bool, Error> {
+) -> Result<Taken, Error> {
     run_outcome(conn, sql::acquire_block(ids, shared, wait, token)).await
 }
 
 /// Runs an acquire block and reads its outcome.
-async fn run_outcome(conn: &mut PgConnection, block: String) -> Result<bool, Error> {
+async fn run_outcome(conn: &mut PgConnection, block: String) -> Result<Taken, Error> {
     let row = sqlx::raw_sql(AssertSqlSafe(block))
         .fetch_one(conn)
         .await
         .map_err(Error::from_sqlx)?;
     let outcome: String = row.try_get(0).map_err(Error::Database)?;
     match Outcome::parse(&outcome) {
-        Outcome::Acquired => Ok(true),
-        Outcome::Busy => Ok(false),
+        Outcome::Acquired { waited: false } => Ok(Taken::AtOnce),
+        Outcome::Acquired { waited: true } => Ok(Taken::AfterWaiting),
+        Outcome::Busy => Ok(Taken::No),
         Outcome::Failed { code, message } => Err(Error::from_server(code, message)),
     }
 }
@@ -160,9 +178,13 @@ pub(crate) async fn acquire_xact(
             if taken || matches!(patience, Patience::None) {
                 return Ok(taken);
             }
-            run_outcome(conn, sql::xact_acquire_block(ids, shared, wait(patience))).await
+            let block = sql::xact_acquire_block(ids, shared, wait(patience));
+            Ok(run_outcome(conn, block).await?.is_taken())
         }
-        _ => run_outcome(conn, sql::xact_acquire_block(ids, shared, wait(patience))).await,
+        _ => {
+            let block = sql::xact_acquire_block(ids, shared, wait(patience));
+            Ok(run_outcome(conn, block).await?.is_taken())
+        }
     }
 }
 

@@ -108,15 +108,22 @@ pub(crate) const fn pg_locks_mode(shared: bool) -> &'static str {
 /// What the acquire block reports.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    Acquired,
+    /// Every id taken; `waited` when some id had to be waited for.
+    Acquired {
+        waited: bool,
+    },
     Busy,
-    Failed { code: String, message: String },
+    Failed {
+        code: String,
+        message: String,
+    },
 }
 
 impl Outcome {
     pub(crate) fn parse(text: &str) -> Outcome {
         match text {
-            "acquired" => Outcome::Acquired,
+            "acquired" => Outcome::Acquired { waited: false },
+            "waited" => Outcome::Acquired { waited: true },
             "busy" => Outcome::Busy,
             failed => {
                 let (code, message) = failed.split_once(' ').unwrap_or((failed, ""));
@@ -193,7 +200,8 @@ pub(crate) fn acquire_block(ids: &[LockId], shared: bool, wait: Wait, token: u64
     format!(
         "DO $alock$ DECLARE \
            k int8[] := {k}; a int4[] := {a}; b int4[] := {b}; \
-           n int := 0; w int := 0; busy bool := false; left_ms float8; {timeout_decl} \
+           n int := 0; w int := 0; waited bool := false; busy bool := false; left_ms float8; \
+           {timeout_decl} \
          BEGIN \
            {deadline} \
            BEGIN \
@@ -234,7 +242,8 @@ pub(crate) fn acquire_block(ids: &[LockId], shared: bool, wait: Wait, token: u64
              PERFORM set_config('alock.outcome', 'busy', true); \
            ELSE \
              PERFORM set_config('alock.acquired', '{token}', false); \
-             PERFORM set_config('alock.outcome', 'acquired', true); \
+             PERFORM set_config('alock.outcome', \
+                                CASE WHEN waited THEN 'waited' ELSE 'acquired' END, true); \
            END IF; \
          END $alock$; \
          SELECT current_setting('alock.outcome')"
@@ -244,7 +253,7 @@ pub(crate) fn acquire_block(ids: &[LockId], shared: bool, wait: Wait, token: u64
 /// The statements that wait for id `i` after its try failed.
 fn wait_for(m: &str, before: &str) -> String {
     format!(
-        "{before} w := i; \
+        "{before} w := i; waited := true; \
          IF a[i] IS NULL THEN PERFORM pg_advisory_lock{m}(k[i]); \
          ELSE PERFORM pg_advisory_lock{m}(a[i], b[i]); END IF; \
          w := 0; n := i;"
@@ -409,7 +418,11 @@ mod tests {
 
     #[test]
     fn outcomes() {
-        assert_eq!(Outcome::parse("acquired"), Outcome::Acquired);
+        assert_eq!(
+            Outcome::parse("acquired"),
+            Outcome::Acquired { waited: false }
+        );
+        assert_eq!(Outcome::parse("waited"), Outcome::Acquired { waited: true });
         assert_eq!(Outcome::parse("busy"), Outcome::Busy);
         assert_eq!(
             Outcome::parse("40P01 deadlock detected"),
