@@ -1,6 +1,108 @@
-//! PostgreSQL advisory locks for [sqlx](https://docs.rs/sqlx).
+//! PostgreSQL advisory locks for [sqlx](https://docs.rs/sqlx): shared or
+//! exclusive, many ids taken all or nothing in one round trip, re-entrant,
+//! with server-side timeouts, typed errors, and locks that never outlive
+//! their scope by accident.
 //!
-//! TODO(crate docs): written with the lock object.
+//! # Advisory locks
+//!
+//! An advisory lock is a lock on a number, held by a database session, that
+//! PostgreSQL enforces between sessions and otherwise gives no meaning to: an
+//! application decides that "order 7" is `(namespace("orders"), 7)` and every
+//! process that wants to work on order 7 takes that lock first. The server
+//! has two key spaces, one `bigint` and one pair of `integer`s
+//! ([`LockId`]), and two lifetimes:
+//!
+//! - **session-level** locks are held until released or until the session
+//!   ends, whatever happens to transactions in between;
+//! - **transaction-level** locks are held until the transaction commits or
+//!   rolls back, and cannot be released earlier.
+//!
+//! Either can be **exclusive** (conflicts with every other session's lock on
+//! the id) or **shared** (conflicts only with exclusive ones). A session
+//! never conflicts with itself, and the server counts its session-level
+//! holds: a lock taken twice is released by two unlocks.
+//!
+//! # Locking domain values
+//!
+//! ```no_run
+//! use alock::prelude::*;
+//!
+//! #[derive(AdvisoryKey)]
+//! #[advisory_key(namespace = "orders")]
+//! struct Order {
+//!     #[advisory_key(id)]
+//!     id: i32,
+//!     note: String,
+//! }
+//!
+//! # async fn example(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+//! let order = Order { id: 7, note: String::new() };
+//! let mut conn = pool.acquire().await?;
+//! let mut guard = conn.lock_exclusive(&order).await?;      // 1 round trip
+//! sqlx::query("UPDATE orders SET state = 'paid' WHERE id = $1")
+//!     .bind(order.id)
+//!     .execute(&mut *guard)
+//!     .await?;
+//! guard.release().await?;                                   // 1 round trip
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Where things live
+//!
+//! - Keys: [`LockId`], [`AdvisoryKey`] (one lock id; derive it with
+//!   [`#[derive(AdvisoryKey)]`](derive@AdvisoryKey)), [`AdvisoryKeys`] (a
+//!   sequence of them: every API takes one key, an array, a slice, a `Vec`
+//!   or a tuple), [`namespace`].
+//! - The sqlx way: [`AdvisoryLockExt`] on `PgConnection` (guards, scoped
+//!   locks, transaction-level locks, `BEGIN` with a lock), returning
+//!   [`LockGuard`]; [`PoolAdvisoryLockExt`] on `PgPool`, returning
+//!   [`PoolLockGuard`]. `use alock::prelude::*;` brings them in.
+//! - The lock object of py-postgresql: [`ExclusiveLock`] and [`ShareLock`],
+//!   re-entrant objects over many ids that nest on one connection.
+//! - Errors: [`Error`].
+//!
+//! # Round trips
+//!
+//! | call | round trips |
+//! |---|---|
+//! | take free ids, any number of them, any form | 1 |
+//! | try that finds an id busy and gives back what it took | 1 |
+//! | take ids when one is busy and must be waited for | 1 for several ids, 2 for a single id |
+//! | release | 1 |
+//! | re-entrant acquire or release of a lock object | 0 |
+//! | `BEGIN` and a transaction-level lock | 1 |
+//!
+//! # Releasing from `Drop`
+//!
+//! A dropped guard, a dropped held lock object, and a dropped acquire future
+//! all queue their unlock on the connection, where it runs before anything
+//! sent on the connection afterwards, including the check a pool runs when a
+//! connection is returned to it. sqlx's own guard does this with a
+//! crate-private method; this crate uses the one public path that writes a
+//! statement before awaiting anything: the first poll of
+//! `Connection::begin_with`. The sqlx behaviours this rests on are pinned by
+//! the test suite.
+//!
+//! **The one limit.** Inside a transaction begun through sqlx, `begin_with`
+//! must not be used (sqlx would roll the transaction back); the unlock is
+//! then sent as an ordinary query, which is written at once when the
+//! connection is idle, the normal case. If another response is still pending
+//! on that connection (a query future on it was itself dropped mid-flight),
+//! sqlx writes nothing until it is read, and the lock stays with the session
+//! until released by hand or the session ends. Inside transactions, prefer
+//! transaction-level locks, which the transaction's end always releases.
+//!
+//! # Deployment notes
+//!
+//! Session-level locks need a real session: PgBouncer in transaction mode
+//! can run the next statement on another server session (transaction-level
+//! locks work there). Hot standby servers refuse advisory locks. All locks
+//! share one server-wide table of `max_locks_per_transaction *
+//! (max_connections + max_prepared_transactions)` entries; when it is full,
+//! acquires fail with [`Error::LockTableFull`] and give back what they took.
+//! The crate records its per-call bookkeeping in two session settings,
+//! `alock.acquired` and `alock.outcome`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -26,6 +128,10 @@ pub use lock::{AdvisoryLock, Exclusive, ExclusiveLock, Mode, ShareLock, Shared};
 pub use alock_derive::AdvisoryKey;
 pub use namespace::{Int4Key, Int8Key, Namespaced, namespace};
 // END derive exports
+
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
 
 /// Everything needed to lock the sqlx way: `use alock::prelude::*;`.
 pub mod prelude {
