@@ -298,3 +298,76 @@ async fn into_inner_of_a_held_object_releases_it() {
     sqlx::query("SELECT 1").execute(&mut conn).await.unwrap();
     assert!(is_free(id).await);
 }
+
+/// Polls `future` once and drops it, as a `select!` or a timeout would.
+fn poll_once_then_drop<F: std::future::Future>(future: F) {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let _ = future.as_mut().poll(&mut cx);
+}
+
+#[tokio::test]
+async fn a_release_dropped_mid_flight_still_releases() {
+    for fresh in [true, false] {
+        let ids = unique_keys(2);
+        let mut conn = connect().await;
+        if !fresh {
+            // The unlock statement is prepared: the first poll writes it.
+            let mut warm = ExclusiveLock::new(&mut conn, &ids);
+            warm.acquire().await.unwrap();
+            warm.release().await.unwrap();
+        }
+        let mut lock = ExclusiveLock::new(&mut conn, &ids);
+        lock.acquire().await.unwrap();
+        poll_once_then_drop(lock.release());
+        assert!(!lock.is_locked());
+        drop(lock);
+        sqlx::query("SELECT 1").execute(&mut conn).await.unwrap();
+        for id in &ids {
+            assert!(is_free(*id).await, "fresh connection: {fresh}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn thousands_of_ids_lock_and_release_in_every_form() {
+    let ids = unique_keys(2000);
+    let mut conn = connect().await;
+    let mut lock = ShareLock::new(&mut conn, &ids);
+    assert!(lock.try_acquire().await.unwrap());
+    assert!(lock.held_on_server().await.unwrap());
+    drop(lock);
+    sqlx::query("SELECT 1").execute(&mut conn).await.unwrap();
+    assert!(is_free(ids[0]).await && is_free(ids[1999]).await);
+
+    let mut lock = ExclusiveLock::new(&mut conn, &ids);
+    lock.acquire().await.unwrap();
+    lock.release().await.unwrap();
+    assert!(is_free(ids[1000]).await);
+}
+
+#[tokio::test]
+async fn timeouts_longer_than_lock_timeout_can_express_wait_as_long_as_it_takes() {
+    let [free, busy] = unique_keys(2).try_into().unwrap();
+    let mut holder = hold_elsewhere(busy).await;
+    let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
+    let mut observer = connect().await;
+    let forty_days = Duration::from_secs(40 * 24 * 3600);
+
+    let mut lock = ExclusiveLock::new(&mut conn, [free]);
+    assert!(lock.acquire_timeout(forty_days).await.unwrap());
+    lock.release().await.unwrap();
+    drop(lock);
+
+    let waiter = tokio::spawn(async move {
+        let mut lock = ExclusiveLock::new(conn, [free, busy]);
+        lock.acquire_timeout(Duration::MAX).await.unwrap()
+    });
+    until_waiting(&mut observer, pid).await;
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    assert!(waiter.await.unwrap());
+}

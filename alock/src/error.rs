@@ -40,6 +40,16 @@ pub enum Error {
     #[error("waiting for an advisory lock was cancelled")]
     Canceled(#[source] ServerError),
 
+    /// The connection is in a transaction that has already failed
+    /// (SQLSTATE 25P02): the server refuses every statement until the
+    /// transaction ends, the unlock included. Session-level locks survive
+    /// `ROLLBACK`, so ids that could not be released stay held by the
+    /// session: release them after the rollback, or hold locks inside
+    /// transactions at transaction level, which the transaction's end
+    /// always releases.
+    #[error("the transaction has failed; no lock can be taken or released until it ends")]
+    InFailedTransaction(#[source] ServerError),
+
     /// Any other error the server reported while taking the ids.
     #[error("the server refused the advisory lock")]
     Server(#[source] ServerError),
@@ -91,6 +101,7 @@ impl Error {
             "53200" => Error::LockTableFull,
             "55P03" => Error::LockTimeout,
             "57014" => Error::Canceled,
+            "25P02" => Error::InFailedTransaction,
             _ => Error::Server,
         };
         variant(ServerError { code, message })
@@ -99,7 +110,8 @@ impl Error {
     /// Types an sqlx error by its SQLSTATE where it has one of ours.
     pub(crate) fn from_sqlx(error: sqlx::Error) -> Error {
         if let sqlx::Error::Database(db) = &error
-            && let Some(code @ ("40P01" | "53200" | "55P03" | "57014")) = db.code().as_deref()
+            && let Some(code @ ("40P01" | "53200" | "55P03" | "57014" | "25P02")) =
+                db.code().as_deref()
         {
             return Error::from_server(code.to_owned(), db.message().to_owned());
         }

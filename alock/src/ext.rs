@@ -83,8 +83,10 @@ pub trait AdvisoryLockExt: sealed::Connection {
     /// to bound a wait, use
     /// [`lock_exclusive_timeout`](Self::lock_exclusive_timeout), which waits
     /// on the server and returns by itself. Inside a transaction begun
-    /// through sqlx, the release can be queued only on an idle connection:
-    /// see the crate documentation.
+    /// through sqlx, the cleanup cannot be queued while the wait is pending,
+    /// and what the abandoned wait is granted stays with the session: inside
+    /// transactions, prefer [`xact_lock_exclusive`](Self::xact_lock_exclusive)
+    /// (see the crate documentation).
     fn lock_exclusive(
         &mut self,
         keys: impl AdvisoryKeys,
@@ -222,7 +224,10 @@ pub trait AdvisoryLockExt: sealed::Connection {
     ///
     /// `f`'s error, or the lock's errors (as for
     /// [`lock_exclusive`](Self::lock_exclusive)) converted into it, or the
-    /// release's error when `f` succeeded.
+    /// release's error when `f` succeeded. When `f` fails, its error is
+    /// returned even if the release failed too, which happens only when
+    /// `f` left a transaction failed ([`Error::InFailedTransaction`]): the
+    /// ids then stay with the session.
     ///
     /// # Cancel safety
     ///
@@ -365,7 +370,8 @@ pub trait AdvisoryLockExt: sealed::Connection {
     /// and `BEGIN` go in one message.
     ///
     /// On a connection already in a transaction, begins a savepoint and then
-    /// takes the locks: 2 round trips.
+    /// takes the locks: 2 round trips, 3 when a single id has to be waited
+    /// for.
     ///
     /// # Errors
     ///

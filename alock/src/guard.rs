@@ -53,15 +53,16 @@ impl<'c> LockGuard<'c> {
     ///
     /// # Errors
     ///
-    /// [`Error::Database`] when the connection fails; the server then frees
-    /// the ids when it notices the session is gone.
+    /// [`Error::InFailedTransaction`] when the connection is in a failed
+    /// transaction, where the server refuses the unlock and the ids stay with
+    /// the session; [`Error::Database`] when the connection fails, and the
+    /// server frees the ids when it notices the session is gone.
     ///
     /// # Cancel safety
     ///
-    /// The unlock is sent when the future is first polled; if the future is
-    /// dropped after that, it still runs on the server before the
-    /// connection's next use. Dropped before its first poll, the guard is
-    /// dropped and queues the unlock.
+    /// Dropped at any point, the ids are released before the connection's
+    /// next use: by the unlock if it was sent, or by a statement queued in its
+    /// place if it was not.
     pub async fn release(mut self) -> Result<(), Error> {
         self.held = false;
         protocol::release(self.conn, &self.ids, self.shared).await
@@ -187,9 +188,8 @@ impl PoolLockGuard {
     ///
     /// # Cancel safety
     ///
-    /// Once polled, the unlock is sent; dropped after that, the connection is
-    /// returned to its pool, which waits for the unlock to complete before
-    /// handing the connection out again.
+    /// Dropped at any point, the unlock, or a statement queued in its place,
+    /// runs before the pool hands the connection out again.
     pub async fn release(mut self) -> Result<(), Error> {
         let mut conn = self.conn.take().expect(CONN);
         let released = protocol::release(&mut conn, &self.ids, self.shared).await;

@@ -84,14 +84,19 @@
 //! `Connection::begin_with`. The sqlx behaviours this rests on are pinned by
 //! the test suite.
 //!
-//! **The one limit.** Inside a transaction begun through sqlx, `begin_with`
-//! must not be used (sqlx would roll the transaction back); the unlock is
-//! then sent as an ordinary query, which is written at once when the
-//! connection is idle, the normal case. If another response is still pending
-//! on that connection (a query future on it was itself dropped mid-flight),
-//! sqlx writes nothing until it is read, and the lock stays with the session
-//! until released by hand or the session ends. Inside transactions, prefer
-//! transaction-level locks, which the transaction's end always releases.
+//! **Session-level locks inside transactions.** Two things cannot be done
+//! there, and both leave ids with the session until they are released by
+//! hand or the session ends; inside transactions, prefer transaction-level
+//! locks, which the transaction's end always releases.
+//!
+//! - Inside a transaction begun through sqlx, `begin_with` must not be used
+//!   (sqlx would roll the transaction back), so a statement can be queued
+//!   from `Drop` only when no response is pending: a dropped guard on an idle
+//!   connection (the normal case) is released, but an acquire future dropped
+//!   mid-wait cannot queue its cleanup, and what the wait is granted stays.
+//! - In a transaction that has failed, PostgreSQL refuses every statement
+//!   until it ends, the unlock included, and session-level locks survive the
+//!   `ROLLBACK`: releases report [`Error::InFailedTransaction`].
 //!
 //! # Deployment notes
 //!

@@ -169,6 +169,9 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
     /// what this call does, so prefer
     /// [`acquire_timeout`](Self::acquire_timeout), which waits on the server
     /// and comes back by itself, to wrapping this in a client-side timeout.
+    /// Inside a transaction begun through sqlx the cleanup cannot be queued
+    /// while the wait is pending, and what the abandoned wait is granted stays
+    /// with the session (see the crate documentation).
     pub async fn acquire(&mut self) -> Result<(), Error> {
         self.take(Patience::Forever).await.map(|_| ())
     }
@@ -240,15 +243,19 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
     ///
     /// # Errors
     ///
-    /// [`Error::NotHeld`] when the object is not held (nothing changes), or
-    /// [`Error::Database`] when the connection fails: the object is then not
-    /// held, and the server frees the ids when it notices the session is gone.
+    /// [`Error::NotHeld`] when the object is not held (nothing changes);
+    /// [`Error::InFailedTransaction`] when the connection is in a failed
+    /// transaction, where the server refuses the unlock and the ids stay
+    /// with the session; [`Error::Database`] when the connection fails, and
+    /// the server frees the ids when it notices the session is gone. After
+    /// any error the object is not held.
     ///
     /// # Cancel safety
     ///
-    /// The object counts as released as soon as this is called; if the
-    /// future is dropped, the unlock already sent still runs on the server
-    /// before the connection's next use.
+    /// The object counts as released once the future is first polled. If the
+    /// future is dropped after that, the ids are released before the
+    /// connection's next use all the same: by the unlock if it was sent, or
+    /// by a statement queued in its place if it was not.
     pub async fn release(&mut self) -> Result<(), Error> {
         match self.count {
             0 => Err(Error::NotHeld),
@@ -290,7 +297,8 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
     }
 
     /// Whether the object is held: acquired more times than released, and
-    /// its connection not found gone since. Contacts no server.
+    /// its connection not found gone by one of its own calls since. Contacts
+    /// no server; see [`held_on_server`](Self::held_on_server).
     pub fn is_locked(&self) -> bool {
         self.count > 0
     }

@@ -37,10 +37,14 @@ impl Taken {
 }
 
 impl Patience {
-    /// At most `timeout`; a zero timeout never waits.
+    /// At most `timeout`; a zero timeout never waits, and one beyond what
+    /// `lock_timeout` can express (`i32::MAX` milliseconds, 24.8 days)
+    /// waits as long as it takes.
     pub(crate) fn within(timeout: Duration) -> Patience {
         if timeout.is_zero() {
             Patience::None
+        } else if timeout >= Duration::from_millis(i32::MAX as u64) {
+            Patience::Forever
         } else {
             Patience::For(timeout)
         }
@@ -70,7 +74,7 @@ pub(crate) async fn acquire(
         ids,
         shared,
         token: next_token(),
-        armed: true,
+        cleanup: Some(Cleanup::IfAcquired),
     };
     let taken = match (ids, patience) {
         ([id], _) => match try_one(flight.conn, *id, shared, flight.token).await {
@@ -83,7 +87,7 @@ pub(crate) async fn acquire(
                 };
                 run_block(flight.conn, ids, shared, wait, flight.token).await
             }
-            Err(e) => Err(e),
+            Err(e) => Err(Failure::Statement(e)),
         },
         (_, Patience::None) => run_block(flight.conn, ids, shared, Wait::No, flight.token).await,
         (_, Patience::Forever) => {
@@ -93,8 +97,28 @@ pub(crate) async fn acquire(
             run_block(flight.conn, ids, shared, Wait::Until(limit), flight.token).await
         }
     };
-    flight.armed = false;
-    taken
+    match taken {
+        Ok(taken) => {
+            flight.cleanup = None;
+            Ok(taken)
+        }
+        Err(Failure::Reported(e)) => {
+            flight.cleanup = None;
+            Err(e)
+        }
+        // The statement failed as a whole, not with an outcome it reported:
+        // it may have been interrupted after taking the ids. The cleanup
+        // stays armed and releases them if its token shows they were taken.
+        Err(Failure::Statement(e)) => Err(e),
+    }
+}
+
+/// How an acquire statement failed.
+enum Failure {
+    /// The block caught the error, gave back what it took, and reported it.
+    Reported(Error),
+    /// The statement itself failed; what it took is not known.
+    Statement(Error),
 }
 
 async fn try_one(
@@ -122,22 +146,26 @@ async fn run_block(
     shared: bool,
     wait: Wait,
     token: u64,
-) -> Result<Taken, Error> {
+) -> Result<Taken, Failure> {
     run_outcome(conn, sql::acquire_block(ids, shared, wait, token)).await
 }
 
 /// Runs an acquire block and reads its outcome.
-async fn run_outcome(conn: &mut PgConnection, block: String) -> Result<Taken, Error> {
+async fn run_outcome(conn: &mut PgConnection, block: String) -> Result<Taken, Failure> {
     let row = sqlx::raw_sql(AssertSqlSafe(block))
         .fetch_one(conn)
         .await
-        .map_err(Error::from_sqlx)?;
-    let outcome: String = row.try_get(0).map_err(Error::Database)?;
+        .map_err(|e| Failure::Statement(Error::from_sqlx(e)))?;
+    let outcome: String = row
+        .try_get(0)
+        .map_err(|e| Failure::Statement(Error::Database(e)))?;
     match Outcome::parse(&outcome) {
         Outcome::Acquired { waited: false } => Ok(Taken::AtOnce),
         Outcome::Acquired { waited: true } => Ok(Taken::AfterWaiting),
         Outcome::Busy => Ok(Taken::No),
-        Outcome::Failed { code, message } => Err(Error::from_server(code, message)),
+        Outcome::Failed { code, message } => {
+            Err(Failure::Reported(Error::from_server(code, message)))
+        }
     }
 }
 
@@ -178,13 +206,23 @@ pub(crate) async fn acquire_xact(
             if taken || matches!(patience, Patience::None) {
                 return Ok(taken);
             }
-            let block = sql::xact_acquire_block(ids, shared, wait(patience));
-            Ok(run_outcome(conn, block).await?.is_taken())
+            run_xact_block(conn, ids, shared, wait(patience)).await
         }
-        _ => {
-            let block = sql::xact_acquire_block(ids, shared, wait(patience));
-            Ok(run_outcome(conn, block).await?.is_taken())
-        }
+        _ => run_xact_block(conn, ids, shared, wait(patience)).await,
+    }
+}
+
+/// Transaction-level locks are given back by the transaction itself, so how
+/// a block failed does not matter.
+async fn run_xact_block(
+    conn: &mut PgConnection,
+    ids: &[LockId],
+    shared: bool,
+    wait: Wait,
+) -> Result<bool, Error> {
+    match run_outcome(conn, sql::xact_acquire_block(ids, shared, wait)).await {
+        Ok(taken) => Ok(taken.is_taken()),
+        Err(Failure::Reported(e) | Failure::Statement(e)) => Err(e),
     }
 }
 
@@ -194,15 +232,26 @@ pub(crate) async fn release(
     ids: &[LockId],
     shared: bool,
 ) -> Result<(), Error> {
-    match ids {
-        [] => {}
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let token = next_token();
+    let mut flight = InFlight {
+        conn,
+        ids,
+        shared,
+        token,
+        cleanup: Some(Cleanup::UnlessReleased),
+    };
+    let token = token.to_string();
+    let released = match ids {
         [id] => {
-            let query = sqlx::query_scalar::<_, bool>(sql::unlock_one(*id, shared));
+            let query = sqlx::query(sql::unlock_one(*id, shared));
             let query = match *id {
                 LockId::Int8(key) => query.bind(key),
                 LockId::Int4Pair(key1, key2) => query.bind(key1).bind(key2),
             };
-            query.fetch_one(conn).await?;
+            query.bind(token).execute(&mut *flight.conn).await
         }
         _ => {
             let mut int8 = Vec::with_capacity(ids.len());
@@ -217,15 +266,17 @@ pub(crate) async fn release(
                 first.push(a);
                 second.push(b);
             }
-            sqlx::query_scalar::<_, i64>(sql::unlock_many(shared))
+            sqlx::query(sql::unlock_many(shared))
                 .bind(int8)
                 .bind(first)
                 .bind(second)
-                .fetch_one(conn)
-                .await?;
+                .bind(token)
+                .execute(&mut *flight.conn)
+                .await
         }
-    }
-    Ok(())
+    };
+    flight.cleanup = None;
+    released.map(drop).map_err(Error::from_sqlx)
 }
 
 /// Whether this session holds every id, granted, in this mode, according to
@@ -260,23 +311,37 @@ fn next_token() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// An acquire whose response has not been read yet. Dropped armed (the
-/// caller's future was dropped), it queues the conditional cleanup.
+/// What a statement whose response was never read leaves to clean up.
+#[derive(Clone, Copy)]
+enum Cleanup {
+    /// An acquire: release the ids if it took them.
+    IfAcquired,
+    /// A release: release the ids if it never ran.
+    UnlessReleased,
+}
+
+/// A statement whose response has not been read yet. Dropped with a
+/// cleanup (the caller's future was dropped, or the statement failed as a
+/// whole), it queues that cleanup on the connection.
 struct InFlight<'c, 'i> {
     conn: &'c mut PgConnection,
     ids: &'i [LockId],
     shared: bool,
     token: u64,
-    armed: bool,
+    cleanup: Option<Cleanup>,
 }
 
 impl Drop for InFlight<'_, '_> {
     fn drop(&mut self) {
-        if self.armed {
-            pending::queue(
-                self.conn,
-                sql::cleanup_if_acquired(self.ids, self.shared, self.token),
-            );
-        }
+        let sql = match self.cleanup {
+            None => return,
+            Some(Cleanup::IfAcquired) => {
+                sql::cleanup_if_acquired(self.ids, self.shared, self.token)
+            }
+            Some(Cleanup::UnlessReleased) => {
+                sql::cleanup_unless_released(self.ids, self.shared, self.token)
+            }
+        };
+        pending::queue(self.conn, sql);
     }
 }

@@ -19,7 +19,10 @@
 //! session setting `alock.acquired` when, and only when, it ends holding its
 //! ids. A caller whose future is dropped while such a statement is in flight
 //! queues [`cleanup_if_acquired`], which releases the ids only if the token
-//! shows the statement succeeded.
+//! shows the statement succeeded. Releases record theirs in
+//! `alock.released`, and a dropped release queues
+//! [`cleanup_unless_released`], which releases only if the release itself
+//! never ran.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -64,28 +67,40 @@ pub(crate) const fn try_one(id: LockId, shared: bool) -> &'static str {
     }
 }
 
-/// Releases one id; returns whether it was held. 1 round trip.
+/// Releases one id and records `token` in `alock.released`.
+/// Bind: the key(s), then the token. 1 round trip.
 pub(crate) const fn unlock_one(id: LockId, shared: bool) -> &'static str {
     match (id, shared) {
-        (LockId::Int8(_), false) => "SELECT pg_advisory_unlock($1)",
-        (LockId::Int8(_), true) => "SELECT pg_advisory_unlock_shared($1)",
-        (LockId::Int4Pair(..), false) => "SELECT pg_advisory_unlock($1, $2)",
-        (LockId::Int4Pair(..), true) => "SELECT pg_advisory_unlock_shared($1, $2)",
+        (LockId::Int8(_), false) => {
+            "SELECT pg_advisory_unlock($1), set_config('alock.released', $2, false)"
+        }
+        (LockId::Int8(_), true) => {
+            "SELECT pg_advisory_unlock_shared($1), set_config('alock.released', $2, false)"
+        }
+        (LockId::Int4Pair(..), false) => {
+            "SELECT pg_advisory_unlock($1, $2), set_config('alock.released', $3, false)"
+        }
+        (LockId::Int4Pair(..), true) => {
+            "SELECT pg_advisory_unlock_shared($1, $2), set_config('alock.released', $3, false)"
+        }
     }
 }
 
 /// Releases many ids in the order of the bound arrays (the caller passes
-/// them reversed); returns how many were not held. 1 round trip.
-/// Bind: `int8[]`, `int4[]`, `int4[]`, NULL where an id is of the other form.
+/// them reversed) and records the token in `alock.released`. 1 round trip.
+/// Bind: `int8[]`, `int4[]`, `int4[]` (NULL where an id is of the other
+/// form), then the token.
 pub(crate) const fn unlock_many(shared: bool) -> &'static str {
     if shared {
-        "SELECT count(*) FILTER (WHERE NOT CASE WHEN a IS NULL \
-         THEN pg_advisory_unlock_shared(k) ELSE pg_advisory_unlock_shared(a, b) END) \
-         FROM unnest($1::int8[], $2::int4[], $3::int4[]) AS id(k, a, b)"
+        "SELECT count(CASE WHEN a IS NULL THEN pg_advisory_unlock_shared(k) \
+                           ELSE pg_advisory_unlock_shared(a, b) END), \
+                set_config('alock.released', $4, false) \
+           FROM unnest($1::int8[], $2::int4[], $3::int4[]) AS id(k, a, b)"
     } else {
-        "SELECT count(*) FILTER (WHERE NOT CASE WHEN a IS NULL \
-         THEN pg_advisory_unlock(k) ELSE pg_advisory_unlock(a, b) END) \
-         FROM unnest($1::int8[], $2::int4[], $3::int4[]) AS id(k, a, b)"
+        "SELECT count(CASE WHEN a IS NULL THEN pg_advisory_unlock(k) \
+                           ELSE pg_advisory_unlock(a, b) END), \
+                set_config('alock.released', $4, false) \
+           FROM unnest($1::int8[], $2::int4[], $3::int4[]) AS id(k, a, b)"
     }
 }
 
@@ -197,10 +212,12 @@ pub(crate) fn acquire_block(ids: &[LockId], shared: bool, wait: Wait, token: u64
     } else {
         ""
     };
+    let give_back = give_back(m);
     format!(
         "DO $alock$ DECLARE \
            k int8[] := {k}; a int4[] := {a}; b int4[] := {b}; \
-           n int := 0; w int := 0; waited bool := false; busy bool := false; left_ms float8; \
+           n int := 0; w int := 0; waited bool := false; busy bool := false; \
+           failed bool := false; code text; message text; tries int := 0; left_ms float8; \
            {timeout_decl} \
          BEGIN \
            {deadline} \
@@ -212,41 +229,54 @@ pub(crate) fn acquire_block(ids: &[LockId], shared: bool, wait: Wait, token: u64
                ELSE {on_busy} \
                END IF; \
              END LOOP; \
+             IF NOT busy THEN PERFORM set_config('alock.acquired', '{token}', false); END IF; \
              {restore} \
            EXCEPTION WHEN OTHERS OR query_canceled THEN \
+             code := SQLSTATE; message := SQLERRM; \
              IF w > 0 THEN \
-               IF EXISTS (SELECT FROM pg_locks l \
-                   WHERE l.locktype = 'advisory' AND l.granted AND l.mode = '{mode}' \
-                     AND l.pid = pg_backend_pid() \
-                     AND CASE WHEN a[w] IS NULL \
-                         THEN l.classid::int8 = (k[w] >> 32) & 4294967295 \
-                          AND l.objid::int8 = k[w] & 4294967295 AND l.objsubid = 1 \
-                         ELSE l.classid::int8 = a[w]::int8 & 4294967295 \
-                          AND l.objid::int8 = b[w]::int8 & 4294967295 AND l.objsubid = 2 END) \
-               THEN n := w; END IF; \
+               BEGIN \
+                 IF EXISTS (SELECT FROM pg_locks l \
+                     WHERE l.locktype = 'advisory' AND l.granted AND l.mode = '{mode}' \
+                       AND l.pid = pg_backend_pid() \
+                       AND CASE WHEN a[w] IS NULL \
+                           THEN l.classid::int8 = (k[w] >> 32) & 4294967295 \
+                            AND l.objid::int8 = k[w] & 4294967295 AND l.objsubid = 1 \
+                           ELSE l.classid::int8 = a[w]::int8 & 4294967295 \
+                            AND l.objid::int8 = b[w]::int8 & 4294967295 AND l.objsubid = 2 END) \
+                 THEN n := w; END IF; \
+               EXCEPTION WHEN OTHERS OR query_canceled THEN NULL; \
+               END; \
              END IF; \
-             FOR i IN REVERSE n..1 LOOP \
-               IF a[i] IS NULL THEN PERFORM pg_advisory_unlock{m}(k[i]); \
-               ELSE PERFORM pg_advisory_unlock{m}(a[i], b[i]); END IF; \
-             END LOOP; \
-             n := 0; \
-             IF {timeout_busy} AND SQLSTATE = '55P03' THEN busy := true; \
-             ELSE PERFORM set_config('alock.outcome', SQLSTATE || ' ' || SQLERRM, true); RETURN; \
-             END IF; \
+             busy := {timeout_busy} AND code = '55P03'; \
+             IF NOT busy THEN failed := true; END IF; \
            END; \
-           IF busy THEN \
-             FOR i IN REVERSE n..1 LOOP \
-               IF a[i] IS NULL THEN PERFORM pg_advisory_unlock{m}(k[i]); \
-               ELSE PERFORM pg_advisory_unlock{m}(a[i], b[i]); END IF; \
-             END LOOP; \
-             PERFORM set_config('alock.outcome', 'busy', true); \
+           IF busy OR failed THEN \
+             {give_back} \
+             PERFORM set_config('alock.outcome', \
+                                CASE WHEN failed THEN code || ' ' || message ELSE 'busy' END, true); \
            ELSE \
-             PERFORM set_config('alock.acquired', '{token}', false); \
              PERFORM set_config('alock.outcome', \
                                 CASE WHEN waited THEN 'waited' ELSE 'acquired' END, true); \
            END IF; \
          END $alock$; \
          SELECT current_setting('alock.outcome')"
+    )
+}
+
+/// Gives back ids `n` down to 1, each exactly once, even if an interrupt
+/// (a cancel, `statement_timeout`) lands part way: each unlock runs in a
+/// block of its own that is retried, a bounded number of times, until it
+/// completes; `n` counts down as each one does.
+fn give_back(m: &str) -> String {
+    format!(
+        "WHILE n > 0 AND tries < 100 LOOP \
+           BEGIN \
+             IF a[n] IS NULL THEN PERFORM pg_advisory_unlock{m}(k[n]); \
+             ELSE PERFORM pg_advisory_unlock{m}(a[n], b[n]); END IF; \
+             n := n - 1; \
+           EXCEPTION WHEN OTHERS OR query_canceled THEN tries := tries + 1; \
+           END; \
+         END LOOP;"
     )
 }
 
@@ -352,56 +382,56 @@ pub(crate) fn xact_acquire_block(ids: &[LockId], shared: bool, wait: Wait) -> St
 /// lock fails, the implicit transaction rolls back, giving back every id, and
 /// the session is left outside any transaction. 1 round trip.
 pub(crate) fn lock_then_begin(ids: &[LockId], shared: bool) -> String {
-    if ids.is_empty() {
-        return "BEGIN".to_owned();
-    }
     let m = suffix(shared);
-    let mut sql = String::from("SELECT ");
-    for (i, id) in ids.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        let _ = match *id {
-            LockId::Int8(key) => write!(sql, "pg_advisory_xact_lock{m}({key})"),
-            LockId::Int4Pair(key1, key2) => {
-                write!(sql, "pg_advisory_xact_lock{m}({key1}, {key2})")
-            }
-        };
-    }
-    sql.push_str("; BEGIN");
-    sql
+    let (k, a, b) = id_arrays(ids);
+    format!(
+        "SELECT count(CASE WHEN a IS NULL THEN pg_advisory_xact_lock{m}(k) \
+                           ELSE pg_advisory_xact_lock{m}(a, b) END) \
+           FROM unnest({k}::int8[], {a}::int4[], {b}::int4[]) AS id(k, a, b); \
+         BEGIN"
+    )
 }
 
-/// Releases `ids` (any order; release order does not matter to the
-/// server). Queued from `Drop`, so a simple query.
+/// Releases `ids`, in reverse order, when `condition` holds: one
+/// `SELECT` over literal arrays, so any number of ids fits.
+fn unlock_where(ids: &[LockId], shared: bool, condition: &str) -> String {
+    let m = suffix(shared);
+    let reversed: Vec<LockId> = ids.iter().rev().copied().collect();
+    let (k, a, b) = id_arrays(&reversed);
+    format!(
+        "SELECT count(CASE WHEN a IS NULL THEN pg_advisory_unlock{m}(k) \
+                           ELSE pg_advisory_unlock{m}(a, b) END) \
+           FROM unnest({k}::int8[], {a}::int4[], {b}::int4[]) AS id(k, a, b) \
+          WHERE {condition}"
+    )
+}
+
+/// Releases held `ids`. Queued from `Drop`, so a simple query.
 pub(crate) fn unlock_queued(ids: &[LockId], shared: bool) -> String {
-    let mut sql = String::from("SELECT ");
-    push_unlocks(&mut sql, ids, shared, ", ");
-    sql
+    unlock_where(ids, shared, "true")
 }
 
-/// Releases `ids` only if the statement that recorded `token` took them.
-/// Queued from `Drop` when an acquire's response will never be read.
+/// Releases `ids` only if the acquire that recorded `token` in
+/// `alock.acquired` took them. Queued from `Drop` when an acquire's response
+/// will never be read.
 pub(crate) fn cleanup_if_acquired(ids: &[LockId], shared: bool, token: u64) -> String {
-    let mut sql = format!(
-        "DO $alock$ BEGIN IF current_setting('alock.acquired', true) = '{token}' THEN PERFORM "
-    );
-    push_unlocks(&mut sql, ids, shared, ", ");
-    sql.push_str("; END IF; END $alock$");
-    sql
+    unlock_where(
+        ids,
+        shared,
+        &format!("current_setting('alock.acquired', true) = '{token}'"),
+    )
 }
 
-fn push_unlocks(sql: &mut String, ids: &[LockId], shared: bool, sep: &str) {
-    let m = suffix(shared);
-    for (i, id) in ids.iter().rev().enumerate() {
-        if i > 0 {
-            sql.push_str(sep);
-        }
-        let _ = match *id {
-            LockId::Int8(key) => write!(sql, "pg_advisory_unlock{m}({key})"),
-            LockId::Int4Pair(key1, key2) => write!(sql, "pg_advisory_unlock{m}({key1}, {key2})"),
-        };
-    }
+/// Releases `ids` unless the release that records `token` in
+/// `alock.released` ran. Queued from `Drop` when a release's future is
+/// dropped before its response is read: if its statement was sent, it ran
+/// first and this does nothing; if not, this releases in its place.
+pub(crate) fn cleanup_unless_released(ids: &[LockId], shared: bool, token: u64) -> String {
+    unlock_where(
+        ids,
+        shared,
+        &format!("current_setting('alock.released', true) IS DISTINCT FROM '{token}'"),
+    )
 }
 
 #[cfg(test)]
@@ -435,9 +465,16 @@ mod tests {
 
     #[test]
     fn queued_unlocks_run_in_reverse() {
+        let sql = unlock_queued(&[LockId::Int8(1), LockId::Int4Pair(2, 3)], true);
+        assert!(sql.contains("unnest('{NULL,1}'::int8[], '{2,NULL}'::int4[], '{3,NULL}'::int4[])"));
+        assert!(sql.contains("pg_advisory_unlock_shared(a, b)"));
+    }
+
+    #[test]
+    fn empty_arrays_are_valid_literals() {
         assert_eq!(
-            unlock_queued(&[LockId::Int8(1), LockId::Int4Pair(2, 3)], true),
-            "SELECT pg_advisory_unlock_shared(2, 3), pg_advisory_unlock_shared(1)"
+            id_arrays(&[]),
+            ("'{}'".into(), "'{}'".into(), "'{}'".into())
         );
     }
 }
