@@ -490,3 +490,35 @@ async fn reads_naturally(conn: &mut PgConnection) -> Result<(), Error> {
     let guard = conn.lock_exclusive((1_i64, (2, 3))).await?;
     guard.release().await
 }
+
+#[tokio::test]
+async fn a_pool_lock_that_fails_returns_its_connection_to_the_pool() {
+    let busy = unique_key();
+    let _holder = hold_elsewhere(busy).await;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::query("SET lock_timeout = '20ms'")
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect(database_url())
+        .await
+        .unwrap();
+    let pid = {
+        let mut conn = pool.acquire().await.unwrap();
+        backend_pid(&mut conn).await
+    };
+    let err = pool.lock_exclusive(busy).await.unwrap_err();
+    assert!(matches!(err, Error::LockTimeout(_)), "{err:?}");
+    assert!(pool.try_lock_exclusive(busy).await.unwrap().is_none());
+    let mut conn = pool.acquire().await.unwrap();
+    assert_eq!(
+        backend_pid(&mut conn).await,
+        pid,
+        "the connection was closed"
+    );
+}

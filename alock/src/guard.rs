@@ -168,8 +168,11 @@ impl PoolLockGuard {
         }
         let mut checkout = CloseUnlessKept(Some(conn));
         let conn = checkout.0.as_mut().expect(CONN);
-        let taken = protocol::acquire(conn, &ids, shared, patience).await?;
+        let taken = protocol::acquire(conn, &ids, shared, patience).await;
+        // Finished, with or without the ids: the connection's state is known
+        // (any cleanup is queued on it), and it can go back to the pool.
         let conn = checkout.0.take().expect(CONN);
+        let taken = taken?;
         Ok(taken.is_taken().then(|| PoolLockGuard {
             conn: Some(conn),
             ids: ids.into_boxed_slice(),
