@@ -99,6 +99,26 @@ pub async fn held(observer: &mut PgConnection, pid: i32, id: LockId) -> Held {
     }
 }
 
+/// Asserts that `conn` answers a fresh query with its own result: no stale
+/// error or row from an abandoned statement, no aborted transaction.
+pub async fn assert_answers(conn: &mut PgConnection, what: &str) {
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(one, 1, "{what}");
+}
+
+/// Whether every id is free for another session (see [`is_free`]).
+pub async fn all_free(ids: &[LockId]) -> bool {
+    for id in ids {
+        if !is_free(*id).await {
+            return false;
+        }
+    }
+    true
+}
+
 /// The backend process id of a session.
 pub async fn backend_pid(conn: &mut PgConnection) -> i32 {
     sqlx::query_scalar("SELECT pg_backend_pid()")

@@ -3,8 +3,8 @@
 
 use alock::{Error, ExclusiveLock, LockId, ShareLock};
 use alock_dev::{
-    Held, TestServer, backend_pid, connect, held, hold_elsewhere, is_free, lock_on, unique_key,
-    unique_keys, until_waiting,
+    Held, TestServer, assert_answers, backend_pid, connect, held, hold_elsewhere, is_free, lock_on,
+    unique_key, unique_keys, until_waiting,
 };
 use sqlx::{Connection, PgConnection};
 
@@ -73,11 +73,7 @@ async fn deadlock_is_typed_and_leaves_nothing_of_the_call() {
     assert_only_prior_hold_remains(&mut observer, second_pid, b, free).await;
     assert_eq!(held(&mut observer, second_pid, a).await, Held::Nothing);
 
-    let one: i32 = sqlx::query_scalar("SELECT 1")
-        .fetch_one(second_b.as_mut())
-        .await
-        .unwrap();
-    assert_eq!(one, 1, "the deadlock aborted the transaction");
+    assert_answers(second_b.as_mut(), "the deadlock aborted the transaction").await;
     second_b.release().await.unwrap();
     drop(second_b);
     tx.commit().await.unwrap();
@@ -276,11 +272,7 @@ async fn a_dropped_wait_leaves_no_lock_and_no_stale_error() {
             .execute(&mut holder)
             .await
             .unwrap();
-        let one: i32 = sqlx::query_scalar("SELECT 1")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(one, 1);
+        assert_answers(&mut conn, "a later query got a stale answer").await;
         for id in &ids {
             assert_eq!(held(&mut observer, pid, *id).await, Held::Nothing);
         }
@@ -306,11 +298,7 @@ async fn a_dropped_wait_that_fails_later_raises_no_stale_error() {
 
     // The abandoned wait now fails on the server with lock_timeout; that
     // failure must not be reported by this unrelated query.
-    let one: i32 = sqlx::query_scalar("SELECT 1")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(one, 1);
+    assert_answers(&mut conn, "a later query got a stale answer").await;
     assert_eq!(held(&mut observer, pid, busy).await, Held::Nothing);
 }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 use alock::Error;
 use alock::prelude::*;
 use alock_dev::{
-    Held, backend_pid, connect, database_url, held, hold_elsewhere, is_free, unique_key,
-    unique_keys, until_waiting,
+    Held, assert_answers, backend_pid, connect, database_url, held, hold_elsewhere, is_free,
+    unique_key, unique_keys, until_waiting,
 };
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -37,11 +37,7 @@ async fn a_guard_holds_until_released_and_runs_queries() {
     let ids = unique_keys(2);
     let mut conn = connect().await;
     let mut guard = conn.lock_exclusive(&ids).await.unwrap();
-    let one: i32 = sqlx::query_scalar("SELECT 1")
-        .fetch_one(&mut *guard)
-        .await
-        .unwrap();
-    assert_eq!(one, 1);
+    assert_answers(&mut guard, "a later query got a stale answer").await;
     assert!(!is_free(ids[0]).await && !is_free(ids[1]).await);
     guard.release().await.unwrap();
     assert!(is_free(ids[0]).await && is_free(ids[1]).await);
@@ -156,11 +152,7 @@ async fn a_lock_future_dropped_mid_wait_leaves_nothing_once_the_connection_is_us
         .execute(&mut holder)
         .await
         .unwrap();
-    let one: i32 = sqlx::query_scalar("SELECT 1")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(one, 1, "a stale result reached an unrelated query");
+    assert_answers(&mut conn, "a stale result reached an unrelated query").await;
     assert_eq!(held(&mut observer, pid, free).await, Held::Nothing);
     assert_eq!(held(&mut observer, pid, busy).await, Held::Nothing);
 }
@@ -371,11 +363,7 @@ async fn a_busy_transaction_lock_gives_back_everything_and_keeps_the_transaction
             .unwrap()
     );
     assert_eq!(held(&mut observer, pid, free).await, Held::Nothing);
-    let one: i32 = sqlx::query_scalar("SELECT 1")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-    assert_eq!(one, 1, "the transaction was aborted");
+    assert_answers(&mut tx, "the transaction was aborted").await;
     tx.commit().await.unwrap();
 }
 

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use alock::{Error, ExclusiveLock, LockId, ShareLock};
 use alock_dev::{
-    Held, backend_pid, connect, held, hold_elsewhere, is_free, unique_key, unique_keys,
-    until_waiting,
+    Held, all_free, assert_answers, backend_pid, connect, held, hold_elsewhere, is_free,
+    unique_key, unique_keys, until_waiting,
 };
 use sqlx::{Connection, PgConnection};
 
@@ -230,11 +230,7 @@ async fn acquire_timeout_leaves_lock_timeout_as_it_found_it() {
     lock.release().await.unwrap();
     drop(lock);
     assert_eq!(lock_timeout_of(&mut tx).await, "3s");
-    let one: i32 = sqlx::query_scalar("SELECT 1")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-    assert_eq!(one, 1, "the timeout aborted the transaction");
+    assert_answers(&mut tx, "the timeout aborted the transaction").await;
     tx.commit().await.unwrap();
     assert_eq!(lock_timeout_of(&mut conn).await, "7s");
 }
@@ -268,14 +264,8 @@ async fn dropping_a_held_object_releases_before_the_next_use_of_its_connection()
     lock.acquire().await.unwrap();
     lock.acquire().await.unwrap();
     drop(lock);
-    let one: i32 = sqlx::query_scalar("SELECT 1")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(one, 1);
-    for id in &ids {
-        assert!(is_free(*id).await);
-    }
+    assert_answers(&mut conn, "a later query got a stale answer").await;
+    assert!(all_free(&ids).await);
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use alock::{AdvisoryLock, ExclusiveLock, LockId, Mode, ShareLock};
 use alock_dev::{
-    RoundTrips, backend_pid, connect, database_url, hold_elsewhere, is_free, unique_keys,
+    RoundTrips, all_free, backend_pid, connect, database_url, hold_elsewhere, is_free, unique_keys,
     until_waiting,
 };
 use sqlx::{Connection, PgConnection};
@@ -55,9 +55,7 @@ async fn free_ids_cost_one_round_trip_each_way() {
         assert_eq!(t, 1, "acquire_timeout of {n} ids");
         lock.release().await.unwrap();
         drop(lock);
-        for id in &ids {
-            assert!(is_free(*id).await);
-        }
+        assert!(all_free(&ids).await);
     }
 }
 
@@ -176,8 +174,6 @@ async fn guards_and_transaction_locks_cost_one_round_trip() {
         let (tx, t) = trips(&proxy, conn.begin_locked_exclusive(&ids)).await;
         assert_eq!(t, 1, "BEGIN and lock of {n} ids");
         tx.unwrap().commit().await.unwrap();
-        for id in &ids {
-            assert!(is_free(*id).await);
-        }
+        assert!(all_free(&ids).await);
     }
 }
