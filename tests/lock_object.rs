@@ -361,3 +361,42 @@ async fn timeouts_longer_than_lock_timeout_can_express_wait_as_long_as_it_takes(
         .unwrap();
     assert!(waiter.await.unwrap());
 }
+
+#[tokio::test]
+async fn a_session_whose_compiled_acquire_was_discarded_falls_back_and_recovers() {
+    let ids = unique_keys(3);
+    let mut conn = connect().await;
+    let mut lock = ExclusiveLock::new(&mut conn, &ids);
+    lock.acquire().await.unwrap();
+    lock.release().await.unwrap();
+    drop(lock);
+    let created: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_proc WHERE pronamespace = pg_my_temp_schema()
+            AND proname LIKE 'alock_v1_%'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(created, 4, "the session's compiled acquire was not created");
+
+    sqlx::query("DISCARD TEMP")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut lock = ExclusiveLock::new(&mut conn, &ids);
+    lock.acquire().await.unwrap();
+    assert!(lock.held_on_server().await.unwrap());
+    lock.release().await.unwrap();
+    assert!(lock.try_acquire().await.unwrap());
+    lock.release().await.unwrap();
+    drop(lock);
+    assert!(all_free(&ids).await);
+    let recreated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_proc WHERE pronamespace = pg_my_temp_schema()
+            AND proname LIKE 'alock_v1_%'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(recreated, 4, "the compiled acquire was not created again");
+}
