@@ -61,6 +61,7 @@
 //! - The lock object of py-postgresql: [`ExclusiveLock`] and [`ShareLock`],
 //!   re-entrant objects over many ids that nest on one connection.
 //! - Errors: [`Error`].
+//! - [`prepare_session`]: the session's compiled acquire, up front.
 //!
 //! # Round trips
 //!
@@ -106,8 +107,11 @@
 //! share one server-wide table of `max_locks_per_transaction *
 //! (max_connections + max_prepared_transactions)` entries; when it is full,
 //! acquires fail with [`Error::LockTableFull`] and give back what they took.
-//! The crate records its per-call bookkeeping in two session settings,
-//! `alock.acquired` and `alock.outcome`.
+//! Several ids and every wait run a PL/pgSQL body that each session gets as
+//! functions in `pg_temp`, created on first use outside a transaction (or by
+//! [`prepare_session`]); without them it runs as an anonymous block, slower.
+//! The crate records its per-call bookkeeping in the session settings
+//! `alock.acquired`, `alock.released` and `alock.outcome`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
