@@ -264,16 +264,10 @@ impl Bench {
         } else {
             None
         };
-        let mut conn = PgConnection::connect(url).await?;
-        if side == Side::Alock {
-            // As a pool's after_connect would: the compiled acquire from the
-            // start, also for sessions that only lock inside transactions.
-            alock::prepare_session(&mut conn).await?;
-        }
         Ok(Bench {
             case,
             side,
-            conn,
+            conn: PgConnection::connect(url).await?,
             keys,
             _holder: holder,
         })
@@ -876,9 +870,6 @@ async fn handoff_runs(
     }
 
     let mut alock_conns = connect_all(url, settings.sessions).await?;
-    for conn in &mut alock_conns {
-        alock::prepare_session(conn).await?;
-    }
     let mut raw_conns = connect_all(url, settings.sessions).await?;
     let started = Instant::now();
     let mut result = Handoffs {

@@ -60,11 +60,6 @@ pub enum Error {
     #[error("transaction-level advisory locks need an open transaction")]
     NotInTransaction,
 
-    /// [`prepare_session`](crate::prepare_session) was called inside a
-    /// transaction, where a rollback would undo what it creates.
-    #[error("the session can only be prepared outside a transaction")]
-    InTransaction,
-
     /// Any other error from sqlx, including a lost connection.
     #[error(transparent)]
     Database(#[from] sqlx::Error),

@@ -61,7 +61,6 @@
 //! - The lock object of py-postgresql: [`ExclusiveLock`] and [`ShareLock`],
 //!   re-entrant objects over many ids that nest on one connection.
 //! - Errors: [`Error`].
-//! - [`prepare_session`]: the session's compiled acquire, up front.
 //!
 //! # Round trips
 //!
@@ -107,11 +106,8 @@
 //! share one server-wide table of `max_locks_per_transaction *
 //! (max_connections + max_prepared_transactions)` entries; when it is full,
 //! acquires fail with [`Error::LockTableFull`] and give back what they took.
-//! Several ids and every wait run a PL/pgSQL body that each session gets as
-//! functions in `pg_temp`, created on first use outside a transaction (or by
-//! [`prepare_session`]); without them it runs as an anonymous block, slower.
-//! The crate records its per-call bookkeeping in the session settings
-//! `alock.acquired`, `alock.released` and `alock.outcome`.
+//! The crate records its per-call bookkeeping in two session settings,
+//! `alock.acquired` and `alock.outcome`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -123,7 +119,6 @@ mod lock;
 mod namespace;
 mod pending;
 mod protocol;
-mod session;
 mod sql;
 
 pub use error::{Error, ServerError};
@@ -138,54 +133,6 @@ pub use lock::{AdvisoryLock, Exclusive, ExclusiveLock, Mode, ShareLock, Shared};
 pub use alock_derive::AdvisoryKey;
 pub use namespace::{Int4Key, Int8Key, Namespaced, namespace};
 // END derive exports
-
-/// Creates this session's compiled acquire now, instead of on its first
-/// acquire of several ids or first wait outside a transaction: two round
-/// trips, once per session.
-///
-/// Several ids, and every wait, run a PL/pgSQL body on the server. A session
-/// gets that body as functions in `pg_temp` (private to it, gone when it
-/// ends), compiled once; until it has them, the same body runs as an
-/// anonymous block, compiled on every call, several times slower. They are
-/// created by themselves the first time they are needed outside a
-/// transaction; a session whose locks are all taken inside transactions never
-/// gets them that way, since a `ROLLBACK` would undo their creation. Call this
-/// from `PgPoolOptions::after_connect` to give every pooled session them from
-/// the start:
-///
-/// ```no_run
-/// # async fn example() -> Result<(), sqlx::Error> {
-/// let pool = sqlx::postgres::PgPoolOptions::new()
-///     .after_connect(|conn, _meta| {
-///         Box::pin(async move {
-///             alock::prepare_session(conn).await.map_err(|e| sqlx::Error::Protocol(e.to_string()))
-///         })
-///     })
-///     .connect("postgres://localhost/app")
-///     .await?;
-/// # Ok(())
-/// # }
-/// ```
-///
-/// # Errors
-///
-/// [`Error::InTransaction`] inside a transaction begun through sqlx, where a
-/// rollback would undo the creation; [`Error::Database`] when the server
-/// refuses (a role without the `TEMP` privilege, a read-only server): locks
-/// then work as before, through the anonymous block.
-///
-/// # Cancel safety
-///
-/// Dropped mid-flight, the session is left without the functions or with
-/// them, unmarked; either way the next acquire outside a transaction
-/// creates them again.
-pub async fn prepare_session(conn: &mut sqlx::PgConnection) -> Result<(), Error> {
-    use sqlx::Connection;
-    if conn.is_in_transaction() {
-        return Err(Error::InTransaction);
-    }
-    session::create(conn).await.map_err(Error::Database)
-}
 
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
