@@ -102,7 +102,7 @@
 //!
 //! Session-level locks need a real session: PgBouncer in transaction mode
 //! can run the next statement on another server session (transaction-level
-//! locks work there). Hot standby servers refuse advisory locks. All locks
+//! locks work there). All locks
 //! share one server-wide table of `max_locks_per_transaction *
 //! (max_connections + max_prepared_transactions)` entries; when it is full,
 //! acquires fail with [`Error::LockTableFull`] and give back what they took.
