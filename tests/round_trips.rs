@@ -24,10 +24,16 @@ async fn trips<T>(proxy: &RoundTrips, op: impl std::future::Future<Output = T>) 
 }
 
 /// sqlx prepares a statement the first time a connection runs it (one
-/// extra round trip, cached afterwards): run every path once before counting.
+/// extra round trip, cached afterwards), and a session creates its compiled
+/// acquire the first time it needs one outside a transaction (two more): run
+/// every path once before counting.
 async fn warm_up<M: Mode>(lock: &mut AdvisoryLock<&mut PgConnection, M>) {
     assert!(lock.try_acquire().await.unwrap());
     lock.release().await.unwrap();
+    let id = lock.ids()[0];
+    let mut twice = AdvisoryLock::<_, M>::new(lock.connection(), [id, id]);
+    assert!(twice.try_acquire().await.unwrap());
+    twice.release().await.unwrap();
 }
 
 #[tokio::test]
@@ -176,4 +182,34 @@ async fn guards_and_transaction_locks_cost_one_round_trip() {
         tx.unwrap().commit().await.unwrap();
         assert!(all_free(&ids).await);
     }
+}
+
+#[tokio::test]
+async fn inside_a_transaction_several_ids_cost_one_round_trip_and_leave_nothing_behind() {
+    use alock::prelude::*;
+    let ids = unique_keys(3);
+    let (proxy, mut conn) = counted().await;
+    let statements = async |conn: &mut PgConnection| -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements")
+            .fetch_one(conn)
+            .await
+            .unwrap()
+    };
+    let mut tx = conn.begin().await.unwrap();
+    tx.xact_lock_shared(&ids).await.unwrap();
+    let before = statements(&mut tx).await;
+    for _ in 0..10 {
+        let (r, t) = trips(&proxy, tx.xact_lock_exclusive(&ids)).await;
+        r.unwrap();
+        assert_eq!(t, 1, "transaction lock of several ids inside a transaction");
+        let (guard, t) = trips(&proxy, tx.try_lock_exclusive(&ids)).await;
+        assert_eq!(t, 1, "session lock of several ids inside a transaction");
+        guard.unwrap().unwrap().release().await.unwrap();
+    }
+    assert_eq!(
+        statements(&mut tx).await,
+        before + 1,
+        "prepared statements leaked"
+    );
+    tx.commit().await.unwrap();
 }

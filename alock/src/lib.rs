@@ -119,6 +119,7 @@ mod lock;
 mod namespace;
 mod pending;
 mod protocol;
+mod session;
 mod sql;
 
 pub use error::{Error, ServerError};

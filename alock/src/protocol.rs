@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
-use crate::sql::{self, Outcome, Wait};
-use crate::{Error, LockId, pending};
+use crate::sql::{self, Level, Outcome, Wait};
+use crate::{Error, LockId, pending, session};
 
 /// How to wait for ids that another session holds.
 #[derive(Debug, Clone, Copy)]
@@ -140,6 +140,8 @@ async fn try_one(
     Ok(token.is_some())
 }
 
+/// Runs the session-level acquire body: the session's compiled copy when it
+/// has one, the anonymous block otherwise.
 async fn run_block(
     conn: &mut PgConnection,
     ids: &[LockId],
@@ -147,19 +149,61 @@ async fn run_block(
     wait: Wait,
     token: u64,
 ) -> Result<Taken, Failure> {
-    run_outcome(conn, sql::acquire_block(ids, shared, wait, token)).await
+    run_acquire(conn, Level::Session, ids, shared, wait, token).await
 }
 
-/// Runs an acquire block and reads its outcome.
-async fn run_outcome(conn: &mut PgConnection, block: String) -> Result<Taken, Failure> {
+async fn run_acquire(
+    conn: &mut PgConnection,
+    level: Level,
+    ids: &[LockId],
+    shared: bool,
+    wait: Wait,
+    token: u64,
+) -> Result<Taken, Failure> {
+    // Inside a transaction a call that fails would abort it: the anonymous
+    // block there, always.
+    if !conn.is_in_transaction() && session::allowed() {
+        let (int8, first, second) = bind_arrays(ids.iter());
+        for attempt in 0..2 {
+            let called = sqlx::query_scalar::<_, String>(sql::acquire_call(level, shared))
+                .bind(&int8)
+                .bind(&first)
+                .bind(&second)
+                .bind(wait.micros())
+                .bind(token.to_string())
+                .fetch_one(&mut *conn)
+                .await;
+            match called {
+                Ok(outcome) => return outcome_of(&outcome),
+                Err(e) if session::missing(&e) && attempt == 0 => {
+                    let created = session::create(conn)
+                        .await
+                        .map_err(|e| Failure::Statement(Error::from_sqlx(e)))?;
+                    if !created {
+                        break;
+                    }
+                }
+                // The function never ran: nothing was taken.
+                Err(e) if session::missing(&e) => {
+                    return Err(Failure::Reported(Error::from_sqlx(e)));
+                }
+                Err(e) => return Err(Failure::Statement(Error::from_sqlx(e))),
+            }
+        }
+    }
+    let block = sql::acquire_block(level, ids, shared, wait, token);
     let row = sqlx::raw_sql(AssertSqlSafe(block))
-        .fetch_one(conn)
+        .fetch_one(&mut *conn)
         .await
         .map_err(|e| Failure::Statement(Error::from_sqlx(e)))?;
     let outcome: String = row
         .try_get(0)
         .map_err(|e| Failure::Statement(Error::Database(e)))?;
-    match Outcome::parse(&outcome) {
+    outcome_of(&outcome)
+}
+
+fn outcome_of(outcome: &str) -> Result<Taken, Failure> {
+    match Outcome::parse(outcome) {
         Outcome::Acquired { waited: false } => Ok(Taken::AtOnce),
         Outcome::Acquired { waited: true } => Ok(Taken::AfterWaiting),
         Outcome::Busy => Ok(Taken::No),
@@ -167,6 +211,28 @@ async fn run_outcome(conn: &mut PgConnection, block: String) -> Result<Taken, Fa
             Err(Failure::Reported(Error::from_server(code, message)))
         }
     }
+}
+
+/// The ids as the three parallel arrays the statements bind: `int8`,
+/// first `int4`, second `int4`, NULL where an id is of the other form.
+type IdArrays = (Vec<Option<i64>>, Vec<Option<i32>>, Vec<Option<i32>>);
+
+fn bind_arrays<'i>(ids: impl ExactSizeIterator<Item = &'i LockId>) -> IdArrays {
+    let mut arrays: IdArrays = (
+        Vec::with_capacity(ids.len()),
+        Vec::with_capacity(ids.len()),
+        Vec::with_capacity(ids.len()),
+    );
+    for id in ids {
+        let (k, a, b) = match *id {
+            LockId::Int8(key) => (Some(key), None, None),
+            LockId::Int4Pair(key1, key2) => (None, Some(key1), Some(key2)),
+        };
+        arrays.0.push(k);
+        arrays.1.push(a);
+        arrays.2.push(b);
+    }
+    arrays
 }
 
 /// Takes every id at transaction level, in order, all or nothing;
@@ -213,14 +279,14 @@ pub(crate) async fn acquire_xact(
 }
 
 /// Transaction-level locks are given back by the transaction itself, so how
-/// a block failed does not matter.
+/// an acquire failed does not matter.
 async fn run_xact_block(
     conn: &mut PgConnection,
     ids: &[LockId],
     shared: bool,
     wait: Wait,
 ) -> Result<bool, Error> {
-    match run_outcome(conn, sql::xact_acquire_block(ids, shared, wait)).await {
+    match run_acquire(conn, Level::Transaction, ids, shared, wait, 0).await {
         Ok(taken) => Ok(taken.is_taken()),
         Err(Failure::Reported(e) | Failure::Statement(e)) => Err(e),
     }
@@ -254,18 +320,7 @@ pub(crate) async fn release(
             query.bind(token).execute(&mut *flight.conn).await
         }
         _ => {
-            let mut int8 = Vec::with_capacity(ids.len());
-            let mut first = Vec::with_capacity(ids.len());
-            let mut second = Vec::with_capacity(ids.len());
-            for id in ids.iter().rev() {
-                let (k, a, b) = match *id {
-                    LockId::Int8(key) => (Some(key), None, None),
-                    LockId::Int4Pair(key1, key2) => (None, Some(key1), Some(key2)),
-                };
-                int8.push(k);
-                first.push(a);
-                second.push(b);
-            }
+            let (int8, first, second) = bind_arrays(ids.iter().rev());
             sqlx::query(sql::unlock_many(shared))
                 .bind(int8)
                 .bind(first)

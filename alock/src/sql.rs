@@ -179,89 +179,21 @@ fn id_arrays(ids: &[LockId]) -> (String, String, String) {
     (k, a, b)
 }
 
-/// The all-or-nothing acquire of `ids`, in order: a `DO` block and the
-/// `SELECT` of its outcome (`acquired`, `busy`, or `SQLSTATE message`), sent
-/// as one simple query. 1 round trip.
-pub(crate) fn acquire_block(ids: &[LockId], shared: bool, wait: Wait, token: u64) -> String {
-    let m = suffix(shared);
-    let mode = pg_locks_mode(shared);
-    let (k, a, b) = id_arrays(ids);
-    let (timeout_decl, on_busy, timeout_busy) = match wait {
-        Wait::No => ("", "busy := true; EXIT;".to_owned(), "false"),
-        Wait::Forever => ("", wait_for(m, ""), "false"),
-        Wait::Until(_) => (
-            "saved text := current_setting('lock_timeout'); deadline timestamptz;",
-            wait_for(
-                m,
-                "left_ms := ceil(extract(epoch FROM deadline - clock_timestamp()) * 1000); \
-                 IF left_ms <= 0 THEN busy := true; EXIT; END IF; \
-                 PERFORM set_config('lock_timeout', left_ms || 'ms', true);",
-            ),
-            "true",
-        ),
-    };
-    let deadline = match wait {
-        Wait::Until(limit) => format!(
-            "deadline := clock_timestamp() + make_interval(secs => {}::float8 / 1000000);",
-            limit.as_micros()
-        ),
-        _ => String::new(),
-    };
-    let restore = if matches!(wait, Wait::Until(_)) {
-        "PERFORM set_config('lock_timeout', saved, true);"
-    } else {
-        ""
-    };
-    let give_back = give_back(m);
-    format!(
-        "DO $alock$ DECLARE \
-           k int8[] := {k}; a int4[] := {a}; b int4[] := {b}; \
-           n int := 0; w int := 0; waited bool := false; busy bool := false; \
-           failed bool := false; code text; message text; tries int := 0; left_ms float8; \
-           {timeout_decl} \
-         BEGIN \
-           {deadline} \
-           BEGIN \
-             FOR i IN 1..cardinality(k) LOOP \
-               IF (CASE WHEN a[i] IS NULL THEN pg_try_advisory_lock{m}(k[i]) \
-                        ELSE pg_try_advisory_lock{m}(a[i], b[i]) END) \
-               THEN n := i; \
-               ELSE {on_busy} \
-               END IF; \
-             END LOOP; \
-             IF NOT busy THEN PERFORM set_config('alock.acquired', '{token}', false); END IF; \
-             {restore} \
-           EXCEPTION WHEN OTHERS OR query_canceled THEN \
-             code := SQLSTATE; message := SQLERRM; \
-             IF w > 0 THEN \
-               BEGIN \
-                 IF EXISTS (SELECT FROM pg_locks l \
-                     WHERE l.locktype = 'advisory' AND l.granted AND l.mode = '{mode}' \
-                       AND l.pid = pg_backend_pid() \
-                       AND CASE WHEN a[w] IS NULL \
-                           THEN l.classid::int8 = (k[w] >> 32) & 4294967295 \
-                            AND l.objid::int8 = k[w] & 4294967295 AND l.objsubid = 1 \
-                           ELSE l.classid::int8 = a[w]::int8 & 4294967295 \
-                            AND l.objid::int8 = b[w]::int8 & 4294967295 AND l.objsubid = 2 END) \
-                 THEN n := w; END IF; \
-               EXCEPTION WHEN OTHERS OR query_canceled THEN NULL; \
-               END; \
-             END IF; \
-             busy := {timeout_busy} AND code = '55P03'; \
-             IF NOT busy THEN failed := true; END IF; \
-           END; \
-           IF busy OR failed THEN \
-             {give_back} \
-             PERFORM set_config('alock.outcome', \
-                                CASE WHEN failed THEN code || ' ' || message ELSE 'busy' END, true); \
-           ELSE \
-             PERFORM set_config('alock.outcome', \
-                                CASE WHEN waited THEN 'waited' ELSE 'acquired' END, true); \
-           END IF; \
-         END $alock$; \
-         SELECT current_setting('alock.outcome')"
-    )
+/// Tries one id at transaction level; returns whether it was taken.
+/// 1 round trip.
+pub(crate) const fn try_one_xact(id: LockId, shared: bool) -> &'static str {
+    match (id, shared) {
+        (LockId::Int8(_), false) => "SELECT pg_try_advisory_xact_lock($1)",
+        (LockId::Int8(_), true) => "SELECT pg_try_advisory_xact_lock_shared($1)",
+        (LockId::Int4Pair(..), false) => "SELECT pg_try_advisory_xact_lock($1, $2)",
+        (LockId::Int4Pair(..), true) => "SELECT pg_try_advisory_xact_lock_shared($1, $2)",
+    }
 }
+
+/// SQLSTATE a block raises to give back its transaction-level locks: they
+/// cannot be unlocked by hand, but those taken inside a PL/pgSQL block are
+/// released when the block's subtransaction rolls back.
+pub(crate) const BUSY_SQLSTATE: &str = "AL000";
 
 /// Gives back ids `n` down to 1, each exactly once, even if an interrupt
 /// (a cancel, `statement_timeout`) lands part way: each unlock runs in a
@@ -280,102 +212,6 @@ fn give_back(m: &str) -> String {
     )
 }
 
-/// The statements that wait for id `i` after its try failed.
-fn wait_for(m: &str, before: &str) -> String {
-    format!(
-        "{before} w := i; waited := true; \
-         IF a[i] IS NULL THEN PERFORM pg_advisory_lock{m}(k[i]); \
-         ELSE PERFORM pg_advisory_lock{m}(a[i], b[i]); END IF; \
-         w := 0; n := i;"
-    )
-}
-
-/// Tries one id at transaction level; returns whether it was taken.
-/// 1 round trip.
-pub(crate) const fn try_one_xact(id: LockId, shared: bool) -> &'static str {
-    match (id, shared) {
-        (LockId::Int8(_), false) => "SELECT pg_try_advisory_xact_lock($1)",
-        (LockId::Int8(_), true) => "SELECT pg_try_advisory_xact_lock_shared($1)",
-        (LockId::Int4Pair(..), false) => "SELECT pg_try_advisory_xact_lock($1, $2)",
-        (LockId::Int4Pair(..), true) => "SELECT pg_try_advisory_xact_lock_shared($1, $2)",
-    }
-}
-
-/// SQLSTATE a block raises to give back its transaction-level locks: they
-/// cannot be unlocked by hand, but those taken inside a PL/pgSQL block are
-/// released when the block's subtransaction rolls back.
-pub(crate) const BUSY_SQLSTATE: &str = "AL000";
-
-/// The loop that takes `ids` at transaction level, in order, raising
-/// [`BUSY_SQLSTATE`] when one is busy and `wait` is over.
-fn xact_loop(ids: &[LockId], shared: bool, wait: Wait) -> String {
-    let m = suffix(shared);
-    let (k, a, b) = id_arrays(ids);
-    let busy = format!("RAISE EXCEPTION USING ERRCODE = '{BUSY_SQLSTATE}';");
-    let on_busy = match wait {
-        Wait::No => busy,
-        Wait::Forever => format!(
-            "IF a[i] IS NULL THEN PERFORM pg_advisory_xact_lock{m}(k[i]); \
-             ELSE PERFORM pg_advisory_xact_lock{m}(a[i], b[i]); END IF;"
-        ),
-        Wait::Until(_) => format!(
-            "left_ms := ceil(extract(epoch FROM deadline - clock_timestamp()) * 1000); \
-             IF left_ms <= 0 THEN {busy} END IF; \
-             PERFORM set_config('lock_timeout', left_ms || 'ms', true); \
-             IF a[i] IS NULL THEN PERFORM pg_advisory_xact_lock{m}(k[i]); \
-             ELSE PERFORM pg_advisory_xact_lock{m}(a[i], b[i]); END IF;"
-        ),
-    };
-    let (deadline, restore) = match wait {
-        Wait::Until(limit) => (
-            format!(
-                "saved := current_setting('lock_timeout'); \
-                 deadline := clock_timestamp() + make_interval(secs => {}::float8 / 1000000);",
-                limit.as_micros()
-            ),
-            "PERFORM set_config('lock_timeout', saved, true);",
-        ),
-        _ => (String::new(), ""),
-    };
-    format!(
-        "DECLARE k int8[] := {k}; a int4[] := {a}; b int4[] := {b}; \
-           left_ms float8; saved text; deadline timestamptz; \
-         BEGIN \
-           {deadline} \
-           FOR i IN 1..cardinality(k) LOOP \
-             IF NOT (CASE WHEN a[i] IS NULL THEN pg_try_advisory_xact_lock{m}(k[i]) \
-                          ELSE pg_try_advisory_xact_lock{m}(a[i], b[i]) END) \
-             THEN {on_busy} \
-             END IF; \
-           END LOOP; \
-           {restore}"
-    )
-}
-
-/// The all-or-nothing transaction-level acquire of `ids`: a `DO` block whose
-/// inner block takes them and, on any error, rolls back (giving them all
-/// back) and reports, followed by the `SELECT` of its outcome. 1 round trip.
-pub(crate) fn xact_acquire_block(ids: &[LockId], shared: bool, wait: Wait) -> String {
-    let timeout_busy = matches!(wait, Wait::Until(_));
-    let body = xact_loop(ids, shared, wait);
-    format!(
-        "DO $alock$ BEGIN \
-           {body} \
-             PERFORM set_config('alock.outcome', 'acquired', true); \
-           EXCEPTION \
-             WHEN SQLSTATE '{BUSY_SQLSTATE}' THEN \
-               PERFORM set_config('alock.outcome', 'busy', true); \
-             WHEN OTHERS OR query_canceled THEN \
-               IF {timeout_busy} AND SQLSTATE = '55P03' \
-               THEN PERFORM set_config('alock.outcome', 'busy', true); \
-               ELSE PERFORM set_config('alock.outcome', SQLSTATE || ' ' || SQLERRM, true); \
-               END IF; \
-           END; \
-         END $alock$; \
-         SELECT current_setting('alock.outcome')"
-    )
-}
-
 /// Takes `ids` at transaction level, in order, waiting, then `BEGIN`s, in
 /// one simple query. The locks are taken in the query's implicit
 /// transaction, which the `BEGIN` turns into the caller's transaction; if a
@@ -390,6 +226,211 @@ pub(crate) fn lock_then_begin(ids: &[LockId], shared: bool) -> String {
            FROM unnest({k}::int8[], {a}::int4[], {b}::int4[]) AS id(k, a, b); \
          BEGIN"
     )
+}
+
+impl Wait {
+    /// The wait as the block's `wait_us` argument: 0 never waits, -1 waits
+    /// as long as it takes, a positive number is the limit in microseconds.
+    pub(crate) fn micros(self) -> i64 {
+        match self {
+            Wait::No => 0,
+            Wait::Forever => -1,
+            Wait::Until(limit) => i64::try_from(limit.as_micros()).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// Variables every acquire body declares besides its arguments.
+const BODY_DECLARATIONS: &str = "\
+    n int := 0; w int := 0; waited bool := false; busy bool := false; \
+    failed bool := false; code text; message text; tries int := 0; \
+    left_ms float8; saved text := current_setting('lock_timeout'); \
+    deadline timestamptz; outcome text;";
+
+/// The session-level acquire, as PL/pgSQL statements over the variables `k`,
+/// `a`, `b` (the ids' two forms), `wait_us` and `token`: takes the ids in
+/// order, all or nothing, catching every error, and leaves in `outcome`
+/// `acquired`, `waited`, `busy`, or `SQLSTATE message`. Records `token` in
+/// `alock.acquired` when it ends holding the ids.
+fn session_body(shared: bool) -> String {
+    let m = suffix(shared);
+    let mode = pg_locks_mode(shared);
+    let give_back = give_back(m);
+    format!(
+        "IF wait_us > 0 THEN \
+           deadline := clock_timestamp() + make_interval(secs => wait_us::float8 / 1000000); \
+         END IF; \
+         BEGIN \
+           FOR i IN 1..cardinality(k) LOOP \
+             IF (CASE WHEN a[i] IS NULL THEN pg_try_advisory_lock{m}(k[i]) \
+                      ELSE pg_try_advisory_lock{m}(a[i], b[i]) END) \
+             THEN n := i; \
+             ELSE \
+               IF wait_us = 0 THEN busy := true; EXIT; END IF; \
+               IF wait_us > 0 THEN \
+                 left_ms := ceil(extract(epoch FROM deadline - clock_timestamp()) * 1000); \
+                 IF left_ms <= 0 THEN busy := true; EXIT; END IF; \
+                 PERFORM set_config('lock_timeout', left_ms || 'ms', true); \
+               END IF; \
+               w := i; waited := true; \
+               IF a[i] IS NULL THEN PERFORM pg_advisory_lock{m}(k[i]); \
+               ELSE PERFORM pg_advisory_lock{m}(a[i], b[i]); END IF; \
+               w := 0; n := i; \
+             END IF; \
+           END LOOP; \
+           IF NOT busy THEN PERFORM set_config('alock.acquired', token, false); END IF; \
+           IF wait_us > 0 THEN PERFORM set_config('lock_timeout', saved, true); END IF; \
+         EXCEPTION WHEN OTHERS OR query_canceled THEN \
+           code := SQLSTATE; message := SQLERRM; \
+           IF w > 0 THEN \
+             BEGIN \
+               IF EXISTS (SELECT FROM pg_locks l \
+                   WHERE l.locktype = 'advisory' AND l.granted AND l.mode = '{mode}' \
+                     AND l.pid = pg_backend_pid() \
+                     AND CASE WHEN a[w] IS NULL \
+                         THEN l.classid::int8 = (k[w] >> 32) & 4294967295 \
+                          AND l.objid::int8 = k[w] & 4294967295 AND l.objsubid = 1 \
+                         ELSE l.classid::int8 = a[w]::int8 & 4294967295 \
+                          AND l.objid::int8 = b[w]::int8 & 4294967295 AND l.objsubid = 2 END) \
+               THEN n := w; END IF; \
+             EXCEPTION WHEN OTHERS OR query_canceled THEN NULL; \
+             END; \
+           END IF; \
+           busy := wait_us > 0 AND code = '55P03'; \
+           failed := NOT busy; \
+         END; \
+         IF busy OR failed THEN \
+           {give_back} \
+           outcome := CASE WHEN failed THEN code || ' ' || message ELSE 'busy' END; \
+         ELSE \
+           outcome := CASE WHEN waited THEN 'waited' ELSE 'acquired' END; \
+         END IF;"
+    )
+}
+
+/// The transaction-level acquire, as PL/pgSQL statements over `k`, `a`, `b`
+/// and `wait_us`: the locks are taken inside a block whose subtransaction,
+/// rolled back on any error or when an id is busy, gives every one of them
+/// back. Leaves the outcome in `outcome`.
+fn xact_body(shared: bool) -> String {
+    let m = suffix(shared);
+    format!(
+        "IF wait_us > 0 THEN \
+           deadline := clock_timestamp() + make_interval(secs => wait_us::float8 / 1000000); \
+         END IF; \
+         BEGIN \
+           FOR i IN 1..cardinality(k) LOOP \
+             IF NOT (CASE WHEN a[i] IS NULL THEN pg_try_advisory_xact_lock{m}(k[i]) \
+                          ELSE pg_try_advisory_xact_lock{m}(a[i], b[i]) END) \
+             THEN \
+               IF wait_us = 0 THEN RAISE EXCEPTION USING ERRCODE = '{BUSY_SQLSTATE}'; END IF; \
+               IF wait_us > 0 THEN \
+                 left_ms := ceil(extract(epoch FROM deadline - clock_timestamp()) * 1000); \
+                 IF left_ms <= 0 THEN RAISE EXCEPTION USING ERRCODE = '{BUSY_SQLSTATE}'; END IF; \
+                 PERFORM set_config('lock_timeout', left_ms || 'ms', true); \
+               END IF; \
+               IF a[i] IS NULL THEN PERFORM pg_advisory_xact_lock{m}(k[i]); \
+               ELSE PERFORM pg_advisory_xact_lock{m}(a[i], b[i]); END IF; \
+             END IF; \
+           END LOOP; \
+           IF wait_us > 0 THEN PERFORM set_config('lock_timeout', saved, true); END IF; \
+           outcome := 'acquired'; \
+         EXCEPTION \
+           WHEN SQLSTATE '{BUSY_SQLSTATE}' THEN outcome := 'busy'; \
+           WHEN OTHERS OR query_canceled THEN \
+             outcome := CASE WHEN wait_us > 0 AND SQLSTATE = '55P03' THEN 'busy' \
+                             ELSE SQLSTATE || ' ' || SQLERRM END; \
+         END;"
+    )
+}
+
+/// Which acquire a block or function runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Level {
+    Session,
+    Transaction,
+}
+
+fn body(level: Level, shared: bool) -> String {
+    match level {
+        Level::Session => session_body(shared),
+        Level::Transaction => xact_body(shared),
+    }
+}
+
+/// The acquire of `ids` as an anonymous block with the ids written in as
+/// literals, followed by the `SELECT` of its outcome, sent as one simple
+/// query: 1 round trip. The server compiles the block on every call; see
+/// [`acquire_call`] for the session's compiled copy.
+pub(crate) fn acquire_block(
+    level: Level,
+    ids: &[LockId],
+    shared: bool,
+    wait: Wait,
+    token: u64,
+) -> String {
+    let (k, a, b) = id_arrays(ids);
+    let body = body(level, shared);
+    let wait_us = wait.micros();
+    format!(
+        "DO $alock$ DECLARE \
+           k int8[] := {k}; a int4[] := {a}; b int4[] := {b}; \
+           wait_us int8 := {wait_us}; token text := '{token}'; \
+           {BODY_DECLARATIONS} \
+         BEGIN \
+           {body} \
+           PERFORM set_config('alock.outcome', outcome, true); \
+         END $alock$; \
+         SELECT current_setting('alock.outcome')"
+    )
+}
+
+/// The name of the session's compiled copy of an acquire.
+fn function_name(level: Level, shared: bool) -> &'static str {
+    match (level, shared) {
+        (Level::Session, false) => "pg_temp.alock_v1_acquire",
+        (Level::Session, true) => "pg_temp.alock_v1_acquire_shared",
+        (Level::Transaction, false) => "pg_temp.alock_v1_xact_acquire",
+        (Level::Transaction, true) => "pg_temp.alock_v1_xact_acquire_shared",
+    }
+}
+
+/// Creates the session's compiled copies of every acquire, as functions in
+/// `pg_temp`: private to the session, gone when it ends. One simple query.
+pub(crate) fn create_session_functions() -> String {
+    let mut sql = String::new();
+    for level in [Level::Session, Level::Transaction] {
+        for shared in [false, true] {
+            let name = function_name(level, shared);
+            let body = body(level, shared);
+            let _ = write!(
+                sql,
+                "CREATE OR REPLACE FUNCTION {name}\
+                   (k int8[], a int4[], b int4[], wait_us int8, token text) \
+                 RETURNS text LANGUAGE plpgsql VOLATILE AS $alock$ DECLARE \
+                   {BODY_DECLARATIONS} \
+                 BEGIN \
+                   {body} \
+                   RETURN outcome; \
+                 END $alock$;"
+            );
+        }
+    }
+    sql
+}
+
+/// Calls the session's compiled copy of an acquire; returns its outcome.
+/// Bind: `int8[]`, `int4[]`, `int4[]`, the wait in microseconds, the token.
+/// 1 round trip.
+pub(crate) fn acquire_call(level: Level, shared: bool) -> &'static str {
+    match (level, shared) {
+        (Level::Session, false) => "SELECT pg_temp.alock_v1_acquire($1, $2, $3, $4, $5)",
+        (Level::Session, true) => "SELECT pg_temp.alock_v1_acquire_shared($1, $2, $3, $4, $5)",
+        (Level::Transaction, false) => "SELECT pg_temp.alock_v1_xact_acquire($1, $2, $3, $4, $5)",
+        (Level::Transaction, true) => {
+            "SELECT pg_temp.alock_v1_xact_acquire_shared($1, $2, $3, $4, $5)"
+        }
+    }
 }
 
 /// Releases `ids`, in reverse order, when `condition` holds: one

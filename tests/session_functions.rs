@@ -1,0 +1,98 @@
+//! Several ids and every wait run one PL/pgSQL body: as the session's own
+//! functions in `pg_temp` outside transactions, created on first need, and
+//! as an anonymous block inside transactions, where a call that failed
+//! would abort the caller's transaction.
+
+use alock::ExclusiveLock;
+use alock::prelude::*;
+use alock_dev::{all_free, assert_answers, connect, unique_keys};
+use sqlx::{Connection, PgConnection};
+
+/// The session's functions, by name, with the transaction id that created
+/// each: a changed one means they were created again.
+async fn functions(conn: &mut PgConnection) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT proname::text, xmin::text FROM pg_proc
+          WHERE pronamespace = pg_my_temp_schema() AND proname LIKE 'alock_v1_%'
+          ORDER BY proname",
+    )
+    .fetch_all(conn)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_session_creates_its_functions_once_on_first_need_outside_a_transaction() {
+    let ids = unique_keys(3);
+    let mut conn = connect().await;
+    assert!(functions(&mut conn).await.is_empty());
+    ExclusiveLock::new(&mut conn, ids[0])
+        .acquire()
+        .await
+        .unwrap();
+    assert!(
+        functions(&mut conn).await.is_empty(),
+        "one free id needs no function"
+    );
+
+    let guard = conn.lock_exclusive(&ids).await.unwrap();
+    drop(guard);
+    let created = functions(&mut conn).await;
+    assert_eq!(created.len(), 4);
+    for _ in 0..3 {
+        let guard = conn.lock_shared(&ids).await.unwrap();
+        drop(guard);
+        drop(conn.try_lock_exclusive(&ids).await.unwrap().unwrap());
+    }
+    assert_eq!(functions(&mut conn).await, created, "created again");
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn locks_inside_transactions_create_nothing_and_never_abort_them() {
+    let ids = unique_keys(3);
+    let mut conn = connect().await;
+    let mut tx = conn.begin().await.unwrap();
+    tx.xact_lock_exclusive(&ids).await.unwrap();
+    tx.lock_shared(&ids).await.unwrap().release().await.unwrap();
+    assert!(functions(&mut tx).await.is_empty());
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn discarded_functions_are_recreated_outside_and_not_needed_inside_a_transaction() {
+    let ids = unique_keys(3);
+    let mut conn = connect().await;
+    conn.lock_exclusive(&ids)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    assert_eq!(functions(&mut conn).await.len(), 4);
+
+    sqlx::query("DISCARD TEMP")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    tx.xact_lock_exclusive(&ids).await.unwrap();
+    assert_answers(&mut tx, "the transaction was aborted").await;
+    tx.commit().await.unwrap();
+    assert!(all_free(&ids).await);
+
+    sqlx::query("DISCARD TEMP")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut lock = ExclusiveLock::new(&mut conn, &ids);
+    lock.acquire().await.unwrap();
+    assert!(lock.held_on_server().await.unwrap());
+    lock.release().await.unwrap();
+    drop(lock);
+    assert!(all_free(&ids).await);
+    assert_eq!(functions(&mut conn).await.len(), 4, "not created again");
+}
