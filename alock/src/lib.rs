@@ -102,12 +102,18 @@
 //!
 //! Session-level locks need a real session: PgBouncer in transaction mode
 //! can run the next statement on another server session (transaction-level
-//! locks work there). All locks
+//! locks work there). A transaction begun with raw SQL (`execute("BEGIN")`)
+//! is invisible to sqlx, and so to this crate: begin transactions through
+//! sqlx. All locks
 //! share one server-wide table of `max_locks_per_transaction *
 //! (max_connections + max_prepared_transactions)` entries; when it is full,
 //! acquires fail with [`Error::LockTableFull`] and give back what they took.
-//! The crate records its per-call bookkeeping in two session settings,
-//! `alock.acquired` and `alock.outcome`.
+//! Several ids and every wait run a PL/pgSQL body: outside a transaction as
+//! functions the session creates in `pg_temp` on first need (a role without
+//! the `TEMP` privilege falls back), inside a transaction as an anonymous
+//! block, compiled on every call. The crate records its per-call bookkeeping
+//! in the session settings `alock.acquired`, `alock.released` and
+//! `alock.outcome`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -5,9 +5,11 @@
 //! - **One id, not waiting**: a prepared statement per function
 //!   (`pg_try_advisory_lock`, `pg_advisory_unlock`, ...). One round trip, the
 //!   same as hand-written SQL.
-//! - **Several ids, or any wait**: one PL/pgSQL `DO` block followed by a
-//!   `SELECT` of its outcome, sent together as one simple-query message: one
-//!   round trip. The block takes the ids in order, catches every error
+//! - **Several ids, or any wait**: one PL/pgSQL body, called as one of the
+//!   session's functions in `pg_temp` outside a transaction (see
+//!   `session.rs`), run as a `DO` block followed by a `SELECT` of its outcome
+//!   in one simple-query message inside one: one round trip either way. The
+//!   body takes the ids in order, catches every error
 //!   (deadlock, `lock_timeout`, cancel, full lock table), gives back whatever
 //!   it took before the error, and reports the outcome as data. So the call
 //!   is all or nothing, an enclosing transaction is never aborted, and a
