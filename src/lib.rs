@@ -109,6 +109,15 @@ pub async fn assert_answers(conn: &mut PgConnection, what: &str) {
     assert_eq!(one, 1, "{what}");
 }
 
+/// Sets the session's own `lock_timeout`, e.g. `"30ms"`.
+pub async fn set_lock_timeout(conn: &mut PgConnection, value: &str) {
+    sqlx::query("SELECT set_config('lock_timeout', $1, false)")
+        .bind(value)
+        .execute(conn)
+        .await
+        .expect("set lock_timeout");
+}
+
 /// Whether every id is free for another session (see [`is_free`]).
 pub async fn all_free(ids: &[LockId]) -> bool {
     for id in ids {

@@ -4,7 +4,7 @@
 use alock::{Error, ExclusiveLock, LockId, ShareLock};
 use alock_dev::{
     Held, TestServer, assert_answers, backend_pid, connect, held, hold_elsewhere, is_free, lock_on,
-    unique_key, unique_keys, until_waiting,
+    set_lock_timeout, unique_key, unique_keys, until_waiting,
 };
 use sqlx::{Connection, PgConnection};
 
@@ -89,10 +89,7 @@ async fn session_lock_timeout_is_typed_and_leaves_nothing_of_the_call() {
     let mut observer = connect().await;
     let mut conn = connect().await;
     let pid = backend_pid(&mut conn).await;
-    sqlx::query("SET lock_timeout = '30ms'")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    set_lock_timeout(&mut conn, "30ms").await;
     let mut prior_lock = ExclusiveLock::new(&mut conn, prior);
     prior_lock.acquire().await.unwrap();
 
@@ -287,10 +284,7 @@ async fn a_dropped_wait_that_fails_later_raises_no_stale_error() {
     let mut observer = connect().await;
     let mut conn = connect().await;
     let pid = backend_pid(&mut conn).await;
-    sqlx::query("SET lock_timeout = '300ms'")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    set_lock_timeout(&mut conn, "300ms").await;
 
     let mut lock = ExclusiveLock::new(&mut conn, busy);
     abandon_once_waiting(lock.acquire(), &mut observer, pid).await;
@@ -309,10 +303,7 @@ async fn a_dropped_wait_does_not_release_other_holds_of_the_session() {
     let mut observer = connect().await;
     let mut conn = connect().await;
     let pid = backend_pid(&mut conn).await;
-    sqlx::query("SET lock_timeout = '300ms'")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    set_lock_timeout(&mut conn, "300ms").await;
     let mut prior_lock = ExclusiveLock::new(&mut conn, prior);
     prior_lock.acquire().await.unwrap();
 

@@ -7,7 +7,7 @@ use alock::Error;
 use alock::prelude::*;
 use alock_dev::{
     Held, assert_answers, backend_pid, connect, database_url, held, hold_elsewhere, is_free,
-    unique_key, unique_keys, until_waiting,
+    set_lock_timeout, unique_key, unique_keys, until_waiting,
 };
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -264,10 +264,7 @@ async fn a_scoped_lock_is_released_on_ok_and_on_err() {
     assert!(is_free(id).await);
 
     let _holder = hold_elsewhere(id).await;
-    sqlx::query("SET lock_timeout = '20ms'")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    set_lock_timeout(&mut conn, "20ms").await;
     let err = conn
         .with_exclusive(id, async |_conn| Ok::<_, AppError>(()))
         .await
@@ -406,10 +403,7 @@ async fn begin_locked_waits_for_a_busy_id_and_fails_without_a_transaction() {
         .unwrap();
     let mut conn = waiter.await.unwrap();
 
-    sqlx::query("SET lock_timeout = '20ms'")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    set_lock_timeout(&mut conn, "20ms").await;
     let _holder = hold_elsewhere(busy).await;
     let err = conn.begin_locked_shared([free, busy]).await.unwrap_err();
     assert!(matches!(err, Error::LockTimeout(_)), "{err:?}");

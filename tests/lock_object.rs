@@ -5,7 +5,7 @@ use std::time::Duration;
 use alock::{Error, ExclusiveLock, LockId, ShareLock};
 use alock_dev::{
     Held, all_free, assert_answers, backend_pid, connect, held, hold_elsewhere, is_free,
-    unique_key, unique_keys, until_waiting,
+    set_lock_timeout, unique_key, unique_keys, until_waiting,
 };
 use sqlx::{Connection, PgConnection};
 
@@ -192,10 +192,7 @@ async fn acquire_timeout_leaves_lock_timeout_as_it_found_it() {
     let [free, busy] = unique_keys(2).try_into().unwrap();
     let _holder = hold_elsewhere(busy).await;
     let mut conn = connect().await;
-    sqlx::query("SET lock_timeout = '7s'")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    set_lock_timeout(&mut conn, "7s").await;
 
     for ids in [vec![free], vec![busy], vec![free, busy]] {
         let mut lock = ExclusiveLock::new(&mut conn, &ids);
