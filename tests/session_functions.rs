@@ -5,7 +5,10 @@
 
 use alock::ExclusiveLock;
 use alock::prelude::*;
-use alock_dev::{all_free, assert_answers, connect, unique_keys};
+use alock_dev::{
+    all_free, assert_answers, backend_pid, connect, hold_elsewhere, is_free, unique_keys,
+    until_waiting,
+};
 use sqlx::{Connection, PgConnection};
 
 /// The session's functions, by name, with the transaction id that created
@@ -13,7 +16,7 @@ use sqlx::{Connection, PgConnection};
 async fn functions(conn: &mut PgConnection) -> Vec<(String, String)> {
     sqlx::query_as(
         "SELECT proname::text, xmin::text FROM pg_proc
-          WHERE pronamespace = pg_my_temp_schema() AND proname LIKE 'alock_v1_%'
+          WHERE pronamespace = pg_my_temp_schema() AND proname LIKE 'alock_v2_%'
           ORDER BY proname",
     )
     .fetch_all(conn)
@@ -26,23 +29,28 @@ async fn a_session_creates_its_functions_once_on_first_need_outside_a_transactio
     let ids = unique_keys(3);
     let mut conn = connect().await;
     assert!(functions(&mut conn).await.is_empty());
-    ExclusiveLock::new(&mut conn, ids[0])
-        .acquire()
-        .await
-        .unwrap();
+    assert!(
+        ExclusiveLock::new(&mut conn, ids[0])
+            .try_acquire()
+            .await
+            .unwrap()
+    );
     assert!(
         functions(&mut conn).await.is_empty(),
-        "one free id needs no function"
+        "a try of one id needs no function"
     );
 
-    let guard = conn.lock_exclusive(&ids).await.unwrap();
+    // Taking one id calls a function when the id is busy, in the same
+    // statement, so the statement needs them even when the id is free.
+    let guard = conn.lock_exclusive(ids[1]).await.unwrap();
     drop(guard);
     let created = functions(&mut conn).await;
-    assert_eq!(created.len(), 4);
+    assert_eq!(created.len(), 2);
     for _ in 0..3 {
         let guard = conn.lock_shared(&ids).await.unwrap();
         drop(guard);
         drop(conn.try_lock_exclusive(&ids).await.unwrap().unwrap());
+        drop(conn.lock_exclusive(ids[1]).await.unwrap());
     }
     assert_eq!(functions(&mut conn).await, created, "created again");
     sqlx::query("SELECT pg_advisory_unlock_all()")
@@ -72,7 +80,7 @@ async fn discarded_functions_are_recreated_outside_and_not_needed_inside_a_trans
         .release()
         .await
         .unwrap();
-    assert_eq!(functions(&mut conn).await.len(), 4);
+    assert_eq!(functions(&mut conn).await.len(), 2);
 
     sqlx::query("DISCARD TEMP")
         .execute(&mut conn)
@@ -94,5 +102,59 @@ async fn discarded_functions_are_recreated_outside_and_not_needed_inside_a_trans
     lock.release().await.unwrap();
     drop(lock);
     assert!(all_free(&ids).await);
-    assert_eq!(functions(&mut conn).await.len(), 4, "not created again");
+    assert_eq!(functions(&mut conn).await.len(), 2, "not created again");
+
+    // The same for one id, whose statement was prepared while the
+    // functions existed.
+    conn.lock_exclusive(ids[0])
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    sqlx::query("DISCARD TEMP")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let guard = conn.lock_exclusive(ids[0]).await.unwrap();
+    assert!(!is_free(ids[0]).await);
+    guard.release().await.unwrap();
+    assert!(is_free(ids[0]).await);
+    assert_eq!(functions(&mut conn).await.len(), 2);
+}
+
+/// A read-only session cannot create its functions: every lock still works,
+/// through the try and the anonymous block, and nothing is left behind.
+#[tokio::test]
+async fn a_read_only_session_locks_without_its_functions() {
+    let ids = unique_keys(3);
+    let mut conn = connect().await;
+    sqlx::query("SET default_transaction_read_only = on")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut observer = connect().await;
+    let pid = backend_pid(&mut conn).await;
+    for id in [&ids[..1], &ids[..]] {
+        let guard = conn.lock_exclusive(id).await.unwrap();
+        assert!(!all_free(id).await);
+        guard.release().await.unwrap();
+        assert!(all_free(id).await);
+
+        // Busy, then handed over: the wait runs in the anonymous block.
+        let mut holder = hold_elsewhere(id[0]).await;
+        let (guard, ()) = tokio::join!(conn.lock_shared(id), async {
+            until_waiting(&mut observer, pid).await;
+            sqlx::query("SELECT pg_advisory_unlock_all()")
+                .execute(&mut holder)
+                .await
+                .unwrap();
+        });
+        let guard = guard.unwrap();
+        assert!(guard.waited());
+        guard.release().await.unwrap();
+        assert!(all_free(id).await);
+    }
+    assert!(functions(&mut conn).await.is_empty());
+    assert_answers(&mut conn, "an error was left behind").await;
 }

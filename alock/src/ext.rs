@@ -61,8 +61,8 @@ pub trait AdvisoryLockExt: sealed::Connection {
     /// session holds one, and returns the guard that releases them.
     ///
     /// Tries the ids at once (`pg_try_advisory_lock`) and, where one is busy,
-    /// waits for it on the server (`pg_advisory_lock`): 1 round trip, 2 when
-    /// a single id has to be waited for. See
+    /// waits for it on the server (`pg_advisory_lock`): 1 round trip (inside
+    /// a transaction, 2 when a single id has to be waited for). See
     /// [`try_lock_exclusive`](Self::try_lock_exclusive) and
     /// [`lock_exclusive_timeout`](Self::lock_exclusive_timeout).
     ///
@@ -144,8 +144,8 @@ pub trait AdvisoryLockExt: sealed::Connection {
     /// (`lock_timeout`); `None` when the time ran out, with none of them
     /// held.
     ///
-    /// 1 round trip, 2 when a single id has to be waited for. The session's
-    /// `lock_timeout` is left as it was, and a timeout does not abort an
+    /// 1 round trip (inside a transaction, 2 when a single id has to be waited
+    /// for). The session's `lock_timeout` is left as it was, and a timeout does not abort an
     /// enclosing transaction. A zero timeout never waits.
     ///
     /// # Errors

@@ -72,7 +72,7 @@ impl Mode for Shared {
 /// | call | round trips |
 /// |---|---|
 /// | [`acquire`], [`try_acquire`], [`acquire_timeout`] of free ids | 1 |
-/// | [`acquire`], [`acquire_timeout`] of one id another session holds | 2 |
+/// | [`acquire`], [`acquire_timeout`] of ids another session holds | 1; inside a transaction, 2 for a single id |
 /// | [`try_acquire`] that finds an id busy and gives back the rest | 1 |
 /// | [`release`] | 1 |
 /// | re-entrant [`acquire`] or [`release`] | 0 |
@@ -146,8 +146,8 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
     /// When the object is not held, tries every id at once (one
     /// `pg_try_advisory_lock` per id, in one statement), and if some id is
     /// busy, waits for it on the server (`pg_advisory_lock`) and goes on; 1
-    /// round trip, 2 when a single id has to be waited for. When the object is
-    /// already held, only counts: 0 round trips. See
+    /// round trip (inside a transaction, 2 when a single id has to be waited
+    /// for). When the object is already held, only counts: 0 round trips. See
     /// [`try_acquire`](Self::try_acquire) to never wait and
     /// [`acquire_timeout`](Self::acquire_timeout) to wait a bounded time.
     ///
@@ -201,8 +201,8 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
     /// holds; `Ok(false)` when the time ran out, with none of them held.
     ///
     /// The wait happens on the server, through `lock_timeout`, so it costs no
-    /// extra round trip and no client timer: 1 round trip when the ids are
-    /// free, 2 when a single id has to be waited for. The session's own
+    /// extra round trip and no client timer: 1 round trip (inside a
+    /// transaction, 2 when a single id has to be waited for). The session's own
     /// `lock_timeout` is left as it was, inside and outside a transaction, and
     /// a timeout does not abort an enclosing transaction. A zero `timeout`
     /// behaves like [`try_acquire`](Self::try_acquire). Already held: counts,

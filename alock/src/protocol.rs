@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
-use crate::sql::{self, Level, Outcome, Wait};
+use crate::sql::{self, Forms, Level, Outcome, Wait};
 use crate::{Error, LockId, pending, session};
 
 /// How to wait for ids that another session holds.
@@ -54,11 +54,13 @@ impl Patience {
 /// Takes every id in order, all or nothing; `Ok(false)` when some id was
 /// busy and `patience` ran out.
 ///
-/// Round trips: one id that is free, 1; one id that is busy, 2 (the first
-/// never waits, so a free id costs no more than hand-written SQL); several
-/// ids, 1. If the future is dropped while a statement is in flight, a
-/// cleanup is queued on the connection that releases the ids if, and only
-/// if, that statement ends up taking them.
+/// Round trips: 1, whether the ids are free or busy, outside a
+/// transaction. Inside one (and on a session that cannot have its
+/// functions), a single id that is busy costs 2: a try, then the wait in the
+/// anonymous block, so that a free id costs no more than hand-written SQL.
+/// If the future is dropped while a statement is in flight, a cleanup is
+/// queued on the connection that releases the ids if, and only if, that
+/// statement ends up taking them.
 pub(crate) async fn acquire(
     conn: &mut PgConnection,
     ids: &[LockId],
@@ -76,26 +78,29 @@ pub(crate) async fn acquire(
         token: next_token(),
         cleanup: Some(Cleanup::IfAcquired),
     };
+    // What is left of the patience, as the wait a statement is given.
+    let wait = |patience| match patience {
+        Patience::None => Wait::No,
+        Patience::Forever => Wait::Forever,
+        Patience::For(limit) => Wait::Until(limit.saturating_sub(started.elapsed())),
+    };
+    let token = flight.token;
     let taken = match (ids, patience) {
-        ([id], _) => match try_one(flight.conn, *id, shared, flight.token).await {
-            Ok(true) => Ok(Taken::AtOnce),
-            Ok(false) if matches!(patience, Patience::None) => Ok(Taken::No),
-            Ok(false) => {
-                let wait = match patience {
-                    Patience::For(limit) => Wait::Until(limit.saturating_sub(started.elapsed())),
-                    _ => Wait::Forever,
-                };
-                run_block(flight.conn, ids, shared, wait, flight.token).await
-            }
-            Err(e) => Err(Failure::Statement(e)),
+        ([id], Patience::None) => try_one(flight.conn, *id, shared, token)
+            .await
+            .map(|taken| if taken { Taken::AtOnce } else { Taken::No })
+            .map_err(Failure::Statement),
+        ([id], _) => match lock_one(flight.conn, *id, shared, wait(patience), token).await {
+            Some(taken) => taken,
+            // No session functions: try, and wait in the anonymous block
+            // only if the id is busy.
+            None => match try_one(flight.conn, *id, shared, token).await {
+                Ok(true) => Ok(Taken::AtOnce),
+                Ok(false) => run_block(flight.conn, ids, shared, wait(patience), token).await,
+                Err(e) => Err(Failure::Statement(e)),
+            },
         },
-        (_, Patience::None) => run_block(flight.conn, ids, shared, Wait::No, flight.token).await,
-        (_, Patience::Forever) => {
-            run_block(flight.conn, ids, shared, Wait::Forever, flight.token).await
-        }
-        (_, Patience::For(limit)) => {
-            run_block(flight.conn, ids, shared, Wait::Until(limit), flight.token).await
-        }
+        _ => run_block(flight.conn, ids, shared, wait(patience), token).await,
     };
     match taken {
         Ok(taken) => {
@@ -140,6 +145,90 @@ async fn try_one(
     Ok(token.is_some())
 }
 
+/// Takes one id, waiting if it is busy, in one statement that calls the
+/// session's function only when the id is busy ([`sql::lock_one`]). `None`
+/// when that cannot be used: inside a transaction, or when the session
+/// cannot have its functions.
+async fn lock_one(
+    conn: &mut PgConnection,
+    id: LockId,
+    shared: bool,
+    wait: Wait,
+    token: u64,
+) -> Option<Result<Taken, Failure>> {
+    let token = token.to_string();
+    let text = match call_session_function(conn, Call::One(id), shared, wait, &token).await? {
+        Ok(text) => text,
+        Err(failure) => return Some(Err(failure)),
+    };
+    Some(outcome_of(&text, &token))
+}
+
+/// A statement that calls one of the session's functions.
+enum Call<'a> {
+    /// [`sql::acquire_call`], over the ids' arrays.
+    Many(&'a IdArrays),
+    /// [`sql::lock_one`].
+    One(LockId),
+}
+
+impl Call<'_> {
+    async fn run(
+        &self,
+        conn: &mut PgConnection,
+        shared: bool,
+        wait: Wait,
+        token: &str,
+    ) -> Result<String, sqlx::Error> {
+        let query = match *self {
+            Call::Many((int8, first, second)) => sqlx::query_scalar(sql::acquire_call(shared))
+                .bind(int8)
+                .bind(first)
+                .bind(second),
+            Call::One(id) => {
+                let query = sqlx::query_scalar(sql::lock_one(id, shared));
+                match id {
+                    LockId::Int8(key) => query.bind(key),
+                    LockId::Int4Pair(key1, key2) => query.bind(key1).bind(key2),
+                }
+            }
+        };
+        query.bind(wait.micros()).bind(token).fetch_one(conn).await
+    }
+}
+
+/// Runs `call` outside a transaction; if the session does not have its
+/// functions yet (or lost them to `DISCARD TEMP`), creates them and runs it
+/// again. `None` when the functions cannot be used: inside a transaction,
+/// where a failed call would abort it, or when the server refuses to create
+/// them.
+async fn call_session_function(
+    conn: &mut PgConnection,
+    call: Call<'_>,
+    shared: bool,
+    wait: Wait,
+    token: &str,
+) -> Option<Result<String, Failure>> {
+    if conn.is_in_transaction() || !session::allowed() {
+        return None;
+    }
+    match call.run(conn, shared, wait, token).await {
+        Err(e) if session::missing(&e) => {}
+        first => return Some(first.map_err(|e| Failure::Statement(Error::from_sqlx(e)))),
+    }
+    match session::create(conn).await {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(e) => return Some(Err(Failure::Statement(Error::from_sqlx(e)))),
+    }
+    Some(match call.run(conn, shared, wait, token).await {
+        Ok(text) => Ok(text),
+        // The function never ran: nothing was taken.
+        Err(e) if session::missing(&e) => Err(Failure::Reported(Error::from_sqlx(e))),
+        Err(e) => Err(Failure::Statement(Error::from_sqlx(e))),
+    })
+}
+
 /// Runs the session-level acquire body: the session's compiled copy when it
 /// has one, the anonymous block otherwise.
 async fn run_block(
@@ -160,35 +249,16 @@ async fn run_acquire(
     wait: Wait,
     token: u64,
 ) -> Result<Taken, Failure> {
-    // Inside a transaction a call that fails would abort it: the anonymous
-    // block there, always.
-    if !conn.is_in_transaction() && session::allowed() {
-        let (int8, first, second) = bind_arrays(ids.iter());
-        for attempt in 0..2 {
-            let called = sqlx::query_scalar::<_, String>(sql::acquire_call(level, shared))
-                .bind(&int8)
-                .bind(&first)
-                .bind(&second)
-                .bind(wait.micros())
-                .bind(token.to_string())
-                .fetch_one(&mut *conn)
-                .await;
-            match called {
-                Ok(outcome) => return outcome_of(&outcome),
-                Err(e) if session::missing(&e) && attempt == 0 => {
-                    let created = session::create(conn)
-                        .await
-                        .map_err(|e| Failure::Statement(Error::from_sqlx(e)))?;
-                    if !created {
-                        break;
-                    }
-                }
-                // The function never ran: nothing was taken.
-                Err(e) if session::missing(&e) => {
-                    return Err(Failure::Reported(Error::from_sqlx(e)));
-                }
-                Err(e) => return Err(Failure::Statement(Error::from_sqlx(e))),
-            }
+    let token_text = token.to_string();
+    if let Level::Session = level {
+        let arrays = bind_arrays(ids.iter());
+        let called = Call::Many(&arrays);
+        match call_session_function(conn, called, shared, wait, &token_text).await {
+            Some(Ok(outcome)) => return outcome_of(&outcome, &token_text),
+            Some(Err(failure)) => return Err(failure),
+            // Inside a transaction, or without functions: the anonymous
+            // block.
+            None => {}
         }
     }
     let block = sql::acquire_block(level, ids, shared, wait, token);
@@ -199,11 +269,11 @@ async fn run_acquire(
     let outcome: String = row
         .try_get(0)
         .map_err(|e| Failure::Statement(Error::Database(e)))?;
-    outcome_of(&outcome)
+    outcome_of(&outcome, &token_text)
 }
 
-fn outcome_of(outcome: &str) -> Result<Taken, Failure> {
-    match Outcome::parse(outcome) {
+fn outcome_of(outcome: &str, token: &str) -> Result<Taken, Failure> {
+    match Outcome::parse(outcome, token) {
         Outcome::Acquired { waited: false } => Ok(Taken::AtOnce),
         Outcome::Acquired { waited: true } => Ok(Taken::AfterWaiting),
         Outcome::Busy => Ok(Taken::No),
@@ -320,14 +390,15 @@ pub(crate) async fn release(
             query.bind(token).execute(&mut *flight.conn).await
         }
         _ => {
+            let forms = Forms::of(ids);
             let (int8, first, second) = bind_arrays(ids.iter().rev());
-            sqlx::query(sql::unlock_many(shared))
-                .bind(int8)
-                .bind(first)
-                .bind(second)
-                .bind(token)
-                .execute(&mut *flight.conn)
-                .await
+            let query = sqlx::query(sql::unlock_many(forms, shared));
+            let query = match forms {
+                Forms::Int8 => query.bind(int8),
+                Forms::Pairs => query.bind(first).bind(second),
+                Forms::Mixed => query.bind(int8).bind(first).bind(second),
+            };
+            query.bind(token).execute(&mut *flight.conn).await
         }
     };
     flight.cleanup = None;

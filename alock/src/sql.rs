@@ -4,7 +4,9 @@
 //!
 //! - **One id, not waiting**: a prepared statement per function
 //!   (`pg_try_advisory_lock`, `pg_advisory_unlock`, ...). One round trip, the
-//!   same as hand-written SQL.
+//!   same as hand-written SQL. Outside a transaction, the statement that may
+//!   wait for one id ([`lock_one`]) is the same try, which calls the body
+//!   below only when the id is busy.
 //! - **Several ids, or any wait**: one PL/pgSQL body, called as one of the
 //!   session's functions in `pg_temp` outside a transaction (see
 //!   `session.rs`), run as a `DO` block followed by a `SELECT` of its outcome
@@ -88,21 +90,101 @@ pub(crate) const fn unlock_one(id: LockId, shared: bool) -> &'static str {
     }
 }
 
+/// Takes one id, waiting if another session holds it, in one statement:
+/// tries it first and, only when it is busy, calls the session's acquire
+/// function, which waits and catches every error. Returns the token when the
+/// try took the id (the function is not called then, so a free id costs what
+/// [`try_one`] costs), and the function's outcome otherwise. Outside a
+/// transaction only: the statement fails to prepare when the session lacks
+/// its functions. Bind: the key(s), the wait in microseconds, the token.
+/// 1 round trip.
+pub(crate) const fn lock_one(id: LockId, shared: bool) -> &'static str {
+    match (id, shared) {
+        (LockId::Int8(_), false) => {
+            "SELECT CASE WHEN pg_try_advisory_lock($1) \
+                    THEN set_config('alock.acquired', $3, false) \
+                    ELSE pg_temp.alock_v2_acquire(ARRAY[$1::int8], '{NULL}', '{NULL}', $2, $3) END"
+        }
+        (LockId::Int8(_), true) => {
+            "SELECT CASE WHEN pg_try_advisory_lock_shared($1) \
+                    THEN set_config('alock.acquired', $3, false) \
+                    ELSE pg_temp.alock_v2_acquire_shared(ARRAY[$1::int8], '{NULL}', '{NULL}', $2, $3) END"
+        }
+        (LockId::Int4Pair(..), false) => {
+            "SELECT CASE WHEN pg_try_advisory_lock($1, $2) \
+                    THEN set_config('alock.acquired', $4, false) \
+                    ELSE pg_temp.alock_v2_acquire('{NULL}', ARRAY[$1::int4], ARRAY[$2::int4], $3, $4) END"
+        }
+        (LockId::Int4Pair(..), true) => {
+            "SELECT CASE WHEN pg_try_advisory_lock_shared($1, $2) \
+                    THEN set_config('alock.acquired', $4, false) \
+                    ELSE pg_temp.alock_v2_acquire_shared('{NULL}', ARRAY[$1::int4], ARRAY[$2::int4], $3, $4) END"
+        }
+    }
+}
+
+/// Which forms a set of ids takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Forms {
+    /// Every id is an `int8`.
+    Int8,
+    /// Every id is a pair of `int4`.
+    Pairs,
+    /// Both forms.
+    Mixed,
+}
+
+impl Forms {
+    pub(crate) fn of(ids: &[LockId]) -> Forms {
+        let pairs = ids
+            .iter()
+            .filter(|id| matches!(id, LockId::Int4Pair(..)))
+            .count();
+        match pairs {
+            0 => Forms::Int8,
+            n if n == ids.len() => Forms::Pairs,
+            _ => Forms::Mixed,
+        }
+    }
+}
+
 /// Releases many ids in the order of the bound arrays (the caller passes
-/// them reversed) and records the token in `alock.released`. 1 round trip.
-/// Bind: `int8[]`, `int4[]`, `int4[]` (NULL where an id is of the other
-/// form), then the token.
-pub(crate) const fn unlock_many(shared: bool) -> &'static str {
-    if shared {
-        "SELECT count(CASE WHEN a IS NULL THEN pg_advisory_unlock_shared(k) \
-                           ELSE pg_advisory_unlock_shared(a, b) END), \
-                set_config('alock.released', $4, false) \
-           FROM unnest($1::int8[], $2::int4[], $3::int4[]) AS id(k, a, b)"
-    } else {
-        "SELECT count(CASE WHEN a IS NULL THEN pg_advisory_unlock(k) \
-                           ELSE pg_advisory_unlock(a, b) END), \
-                set_config('alock.released', $4, false) \
-           FROM unnest($1::int8[], $2::int4[], $3::int4[]) AS id(k, a, b)"
+/// them reversed) and records the token in `alock.released`, once per id:
+/// a plain projection over `unnest`, like hand-written SQL, with no
+/// aggregate. 1 round trip. Bind: [`Forms::Int8`], `int8[]`;
+/// [`Forms::Pairs`], `int4[]`, `int4[]`; [`Forms::Mixed`], `int8[]`,
+/// `int4[]`, `int4[]` (NULL where an id is of the other form); then the
+/// token.
+pub(crate) const fn unlock_many(forms: Forms, shared: bool) -> &'static str {
+    match (forms, shared) {
+        (Forms::Int8, false) => {
+            "SELECT pg_advisory_unlock(k), set_config('alock.released', $2, false) \
+               FROM unnest($1::int8[]) AS k"
+        }
+        (Forms::Int8, true) => {
+            "SELECT pg_advisory_unlock_shared(k), set_config('alock.released', $2, false) \
+               FROM unnest($1::int8[]) AS k"
+        }
+        (Forms::Pairs, false) => {
+            "SELECT pg_advisory_unlock(a, b), set_config('alock.released', $3, false) \
+               FROM unnest($1::int4[], $2::int4[]) AS id(a, b)"
+        }
+        (Forms::Pairs, true) => {
+            "SELECT pg_advisory_unlock_shared(a, b), set_config('alock.released', $3, false) \
+               FROM unnest($1::int4[], $2::int4[]) AS id(a, b)"
+        }
+        (Forms::Mixed, false) => {
+            "SELECT CASE WHEN a IS NULL THEN pg_advisory_unlock(k) \
+                         ELSE pg_advisory_unlock(a, b) END, \
+                    set_config('alock.released', $4, false) \
+               FROM unnest($1::int8[], $2::int4[], $3::int4[]) AS id(k, a, b)"
+        }
+        (Forms::Mixed, true) => {
+            "SELECT CASE WHEN a IS NULL THEN pg_advisory_unlock_shared(k) \
+                         ELSE pg_advisory_unlock_shared(a, b) END, \
+                    set_config('alock.released', $4, false) \
+               FROM unnest($1::int8[], $2::int4[], $3::int4[]) AS id(k, a, b)"
+        }
     }
 }
 
@@ -122,7 +204,7 @@ pub(crate) const fn pg_locks_mode(shared: bool) -> &'static str {
     if shared { "ShareLock" } else { "ExclusiveLock" }
 }
 
-/// What the acquire block reports.
+/// What an acquire body reports.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// Every id taken; `waited` when some id had to be waited for.
@@ -137,8 +219,11 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
-    pub(crate) fn parse(text: &str) -> Outcome {
+    /// Reads what a body returned; `token` is the call's token, which the
+    /// session-level body returns when every id was free.
+    pub(crate) fn parse(text: &str, token: &str) -> Outcome {
         match text {
+            _ if text == token => Outcome::Acquired { waited: false },
             "acquired" => Outcome::Acquired { waited: false },
             "waited" => Outcome::Acquired { waited: true },
             "busy" => Outcome::Busy,
@@ -205,8 +290,8 @@ fn give_back(m: &str) -> String {
     format!(
         "WHILE n > 0 AND tries < 100 LOOP \
            BEGIN \
-             IF a[n] IS NULL THEN PERFORM pg_advisory_unlock{m}(k[n]); \
-             ELSE PERFORM pg_advisory_unlock{m}(a[n], b[n]); END IF; \
+             IF a[n] IS NULL THEN released := pg_advisory_unlock{m}(k[n]); \
+             ELSE released := pg_advisory_unlock{m}(a[n], b[n]); END IF; \
              n := n - 1; \
            EXCEPTION WHEN OTHERS OR query_canceled THEN tries := tries + 1; \
            END; \
@@ -242,47 +327,67 @@ impl Wait {
     }
 }
 
-/// Variables every acquire body declares besides its arguments.
+/// Variables every acquire body declares besides its arguments, none with a
+/// default.
+///
+/// What a body costs is mostly how many distinct expressions it evaluates:
+/// PL/pgSQL prepares each expression again in every transaction that runs
+/// it, and outside a transaction every call is a transaction of its own. So
+/// the path that finds every id free evaluates as few as it can, the
+/// variables start out NULL rather than with defaults, and functions whose
+/// result is not needed are assigned (to `recorded`, `released`) rather than
+/// run with `PERFORM`, which starts an executor; only the waits, whose cost
+/// is the wait, use `PERFORM`.
 const BODY_DECLARATIONS: &str = "\
-    n int := 0; w int := 0; waited bool := false; busy bool := false; \
-    failed bool := false; code text; message text; tries int := 0; \
-    left_ms float8; saved text := current_setting('lock_timeout'); \
-    deadline timestamptz; outcome text;";
+    n int; w int; waited bool; code text; message text; tries int; \
+    left_ms float8; saved text; deadline timestamptz; outcome text; \
+    recorded text; released bool;";
 
 /// The session-level acquire, as PL/pgSQL statements over the variables `k`,
 /// `a`, `b` (the ids' two forms), `wait_us` and `token`: takes the ids in
-/// order, all or nothing, catching every error, and leaves in `outcome`
-/// `acquired`, `waited`, `busy`, or `SQLSTATE message`. Records `token` in
-/// `alock.acquired` when it ends holding the ids.
+/// order, all or nothing, catching every error, and leaves in `outcome` the
+/// token (every id was free), `waited`, `busy`, or `SQLSTATE message`.
+/// Records `token` in `alock.acquired` when it ends holding the ids.
+///
+/// When every id is free it evaluates: the loop's bound, one try and one
+/// assignment per id, the check that all were taken, the token, and two
+/// tests of what it found.
 fn session_body(shared: bool) -> String {
     let m = suffix(shared);
     let mode = pg_locks_mode(shared);
     let give_back = give_back(m);
     format!(
         "IF wait_us > 0 THEN \
+           saved := current_setting('lock_timeout'); \
            deadline := clock_timestamp() + make_interval(secs => wait_us::float8 / 1000000); \
          END IF; \
          BEGIN \
            FOR i IN 1..cardinality(k) LOOP \
-             IF (CASE WHEN a[i] IS NULL THEN pg_try_advisory_lock{m}(k[i]) \
-                      ELSE pg_try_advisory_lock{m}(a[i], b[i]) END) \
-             THEN n := i; \
-             ELSE \
-               IF wait_us = 0 THEN busy := true; EXIT; END IF; \
+             IF NOT (CASE WHEN a[i] IS NULL THEN pg_try_advisory_lock{m}(k[i]) \
+                          ELSE pg_try_advisory_lock{m}(a[i], b[i]) END) \
+             THEN \
+               IF wait_us = 0 THEN EXIT; END IF; \
                IF wait_us > 0 THEN \
                  left_ms := ceil(extract(epoch FROM deadline - clock_timestamp()) * 1000); \
-                 IF left_ms <= 0 THEN busy := true; EXIT; END IF; \
-                 PERFORM set_config('lock_timeout', left_ms || 'ms', true); \
+                 IF left_ms <= 0 THEN EXIT; END IF; \
+                 recorded := set_config('lock_timeout', left_ms || 'ms', true); \
                END IF; \
                w := i; waited := true; \
                IF a[i] IS NULL THEN PERFORM pg_advisory_lock{m}(k[i]); \
                ELSE PERFORM pg_advisory_lock{m}(a[i], b[i]); END IF; \
-               w := 0; n := i; \
+               w := NULL; \
              END IF; \
+             n := i; \
            END LOOP; \
-           IF NOT busy THEN PERFORM set_config('alock.acquired', token, false); END IF; \
-           IF wait_us > 0 THEN PERFORM set_config('lock_timeout', saved, true); END IF; \
+           IF coalesce(n, 0) = cardinality(k) THEN \
+             outcome := set_config('alock.acquired', token, false); \
+             IF waited THEN \
+               outcome := 'waited'; \
+               IF wait_us > 0 THEN recorded := set_config('lock_timeout', saved, true); END IF; \
+             END IF; \
+           END IF; \
          EXCEPTION WHEN OTHERS OR query_canceled THEN \
+           outcome := NULL; \
            code := SQLSTATE; message := SQLERRM; \
            IF w > 0 THEN \
              BEGIN \
@@ -298,14 +403,13 @@ fn session_body(shared: bool) -> String {
              EXCEPTION WHEN OTHERS OR query_canceled THEN NULL; \
              END; \
            END IF; \
-           busy := wait_us > 0 AND code = '55P03'; \
-           failed := NOT busy; \
          END; \
-         IF busy OR failed THEN \
+         IF outcome IS NULL THEN \
+           IF wait_us > 0 THEN recorded := set_config('lock_timeout', saved, true); END IF; \
+           n := coalesce(n, 0); tries := 0; \
            {give_back} \
-           outcome := CASE WHEN failed THEN code || ' ' || message ELSE 'busy' END; \
-         ELSE \
-           outcome := CASE WHEN waited THEN 'waited' ELSE 'acquired' END; \
+           outcome := CASE WHEN code IS NULL OR (wait_us > 0 AND code = '55P03') THEN 'busy' \
+                           ELSE code || ' ' || message END; \
          END IF;"
     )
 }
@@ -318,6 +422,7 @@ fn xact_body(shared: bool) -> String {
     let m = suffix(shared);
     format!(
         "IF wait_us > 0 THEN \
+           saved := current_setting('lock_timeout'); \
            deadline := clock_timestamp() + make_interval(secs => wait_us::float8 / 1000000); \
          END IF; \
          BEGIN \
@@ -329,13 +434,13 @@ fn xact_body(shared: bool) -> String {
                IF wait_us > 0 THEN \
                  left_ms := ceil(extract(epoch FROM deadline - clock_timestamp()) * 1000); \
                  IF left_ms <= 0 THEN RAISE EXCEPTION USING ERRCODE = '{BUSY_SQLSTATE}'; END IF; \
-                 PERFORM set_config('lock_timeout', left_ms || 'ms', true); \
+                 recorded := set_config('lock_timeout', left_ms || 'ms', true); \
                END IF; \
                IF a[i] IS NULL THEN PERFORM pg_advisory_xact_lock{m}(k[i]); \
                ELSE PERFORM pg_advisory_xact_lock{m}(a[i], b[i]); END IF; \
              END IF; \
            END LOOP; \
-           IF wait_us > 0 THEN PERFORM set_config('lock_timeout', saved, true); END IF; \
+           IF wait_us > 0 THEN recorded := set_config('lock_timeout', saved, true); END IF; \
            outcome := 'acquired'; \
          EXCEPTION \
            WHEN SQLSTATE '{BUSY_SQLSTATE}' THEN outcome := 'busy'; \
@@ -381,57 +486,57 @@ pub(crate) fn acquire_block(
            {BODY_DECLARATIONS} \
          BEGIN \
            {body} \
-           PERFORM set_config('alock.outcome', outcome, true); \
+           recorded := set_config('alock.outcome', outcome, true); \
          END $alock$; \
          SELECT current_setting('alock.outcome')"
     )
 }
 
-/// The name of the session's compiled copy of an acquire.
-fn function_name(level: Level, shared: bool) -> &'static str {
-    match (level, shared) {
-        (Level::Session, false) => "pg_temp.alock_v1_acquire",
-        (Level::Session, true) => "pg_temp.alock_v1_acquire_shared",
-        (Level::Transaction, false) => "pg_temp.alock_v1_xact_acquire",
-        (Level::Transaction, true) => "pg_temp.alock_v1_xact_acquire_shared",
+/// The name of the session's compiled copy of the session-level acquire.
+/// The version in the name changes whenever what the body does or returns
+/// changes, so that a session that outlives one version of this crate (a
+/// pooler handing it to another process) never runs another's function.
+/// Transaction-level locks are taken inside transactions, where the
+/// anonymous block always runs, so they have no function.
+const fn function_name(shared: bool) -> &'static str {
+    if shared {
+        "pg_temp.alock_v2_acquire_shared"
+    } else {
+        "pg_temp.alock_v2_acquire"
     }
 }
 
-/// Creates the session's compiled copies of every acquire, as functions in
-/// `pg_temp`: private to the session, gone when it ends. One simple query.
+/// Creates the session's compiled copies of the session-level acquire, as
+/// functions in `pg_temp`: private to the session, gone when it ends. One
+/// simple query.
 pub(crate) fn create_session_functions() -> String {
     let mut sql = String::new();
-    for level in [Level::Session, Level::Transaction] {
-        for shared in [false, true] {
-            let name = function_name(level, shared);
-            let body = body(level, shared);
-            let _ = write!(
-                sql,
-                "CREATE OR REPLACE FUNCTION {name}\
-                   (k int8[], a int4[], b int4[], wait_us int8, token text) \
-                 RETURNS text LANGUAGE plpgsql VOLATILE AS $alock$ DECLARE \
-                   {BODY_DECLARATIONS} \
-                 BEGIN \
-                   {body} \
-                   RETURN outcome; \
-                 END $alock$;"
-            );
-        }
+    for shared in [false, true] {
+        let name = function_name(shared);
+        let body = session_body(shared);
+        let _ = write!(
+            sql,
+            "CREATE OR REPLACE FUNCTION {name}\
+               (k int8[], a int4[], b int4[], wait_us int8, token text) \
+             RETURNS text LANGUAGE plpgsql VOLATILE AS $alock$ DECLARE \
+               {BODY_DECLARATIONS} \
+             BEGIN \
+               {body} \
+               RETURN outcome; \
+             END $alock$;"
+        );
     }
     sql
 }
 
-/// Calls the session's compiled copy of an acquire; returns its outcome.
-/// Bind: `int8[]`, `int4[]`, `int4[]`, the wait in microseconds, the token.
-/// 1 round trip.
-pub(crate) fn acquire_call(level: Level, shared: bool) -> &'static str {
-    match (level, shared) {
-        (Level::Session, false) => "SELECT pg_temp.alock_v1_acquire($1, $2, $3, $4, $5)",
-        (Level::Session, true) => "SELECT pg_temp.alock_v1_acquire_shared($1, $2, $3, $4, $5)",
-        (Level::Transaction, false) => "SELECT pg_temp.alock_v1_xact_acquire($1, $2, $3, $4, $5)",
-        (Level::Transaction, true) => {
-            "SELECT pg_temp.alock_v1_xact_acquire_shared($1, $2, $3, $4, $5)"
-        }
+/// Calls the session's compiled copy of the session-level acquire; returns
+/// its outcome. Bind: `int8[]`, `int4[]`, `int4[]`, the wait in
+/// microseconds, the token. 1 round trip.
+pub(crate) const fn acquire_call(shared: bool) -> &'static str {
+    if shared {
+        "SELECT pg_temp.alock_v2_acquire_shared($1, $2, $3, $4, $5)"
+    } else {
+        "SELECT pg_temp.alock_v2_acquire($1, $2, $3, $4, $5)"
     }
 }
 
@@ -491,19 +596,20 @@ mod tests {
 
     #[test]
     fn outcomes() {
+        let parse = |text| Outcome::parse(text, "17");
+        assert_eq!(parse("17"), Outcome::Acquired { waited: false });
+        assert_eq!(parse("acquired"), Outcome::Acquired { waited: false });
+        assert_eq!(parse("waited"), Outcome::Acquired { waited: true });
+        assert_eq!(parse("busy"), Outcome::Busy);
         assert_eq!(
-            Outcome::parse("acquired"),
-            Outcome::Acquired { waited: false }
-        );
-        assert_eq!(Outcome::parse("waited"), Outcome::Acquired { waited: true });
-        assert_eq!(Outcome::parse("busy"), Outcome::Busy);
-        assert_eq!(
-            Outcome::parse("40P01 deadlock detected"),
+            parse("40P01 deadlock detected"),
             Outcome::Failed {
                 code: "40P01".into(),
                 message: "deadlock detected".into()
             }
         );
+        // Another call's token is not this one's success.
+        assert!(matches!(parse("16"), Outcome::Failed { .. }));
     }
 
     #[test]
