@@ -121,15 +121,18 @@ async fn statement_timeout_is_typed_and_leaves_nothing_of_the_call() {
         .await
         .unwrap();
 
-    let mut lock = ShareLock::new(&mut prior_lock, [prior, free, busy]);
-    let err = lock.acquire().await.unwrap_err();
-    assert!(
-        matches!(err, Error::Canceled(ref e) if e.code() == "57014"),
-        "{err:?}"
-    );
-    drop(lock);
-    assert_eq!(held(&mut observer, pid, free).await, Held::Nothing);
-    assert_eq!(held(&mut observer, pid, prior).await, Held::Exclusive);
+    for ids in [vec![prior, free, busy], vec![busy]] {
+        let mut lock = ShareLock::new(&mut prior_lock, &ids);
+        let err = lock.acquire().await.unwrap_err();
+        assert!(
+            matches!(err, Error::Canceled(ref e) if e.code() == "57014"),
+            "{err:?}"
+        );
+        drop(lock);
+        assert_eq!(held(&mut observer, pid, free).await, Held::Nothing);
+        assert_eq!(held(&mut observer, pid, busy).await, Held::Nothing);
+        assert_eq!(held(&mut observer, pid, prior).await, Held::Exclusive);
+    }
 }
 
 #[tokio::test]
@@ -139,22 +142,26 @@ async fn cancel_request_is_typed_and_leaves_nothing_of_the_call() {
     let mut observer = connect().await;
     let mut conn = connect().await;
     let pid = backend_pid(&mut conn).await;
-    let waiter = tokio::spawn(async move {
-        let mut lock = ExclusiveLock::new(&mut conn, [free, busy]);
-        let err = lock.acquire().await.unwrap_err();
+    for ids in [vec![free, busy], vec![busy]] {
+        let mut lock = ExclusiveLock::new(&mut conn, &ids);
+        let cancel = async {
+            until_waiting(&mut observer, pid).await;
+            let cancelled: bool = sqlx::query_scalar("SELECT pg_cancel_backend($1)")
+                .bind(pid)
+                .fetch_one(&mut observer)
+                .await
+                .unwrap();
+            assert!(cancelled);
+        };
+        let (acquired, ()) = tokio::join!(lock.acquire(), cancel);
+        let err = acquired.unwrap_err();
+        assert!(matches!(err, Error::Canceled(_)), "{err:?}");
         assert!(!lock.is_locked());
-        err
-    });
-    until_waiting(&mut observer, pid).await;
-    let cancelled: bool = sqlx::query_scalar("SELECT pg_cancel_backend($1)")
-        .bind(pid)
-        .fetch_one(&mut observer)
-        .await
-        .unwrap();
-    assert!(cancelled);
-    let err = waiter.await.unwrap();
-    assert!(matches!(err, Error::Canceled(_)), "{err:?}");
-    assert_eq!(held(&mut observer, pid, free).await, Held::Nothing);
+        drop(lock);
+        assert_eq!(held(&mut observer, pid, free).await, Held::Nothing);
+        assert_eq!(held(&mut observer, pid, busy).await, Held::Nothing);
+        assert_answers(&mut conn, "the cancel left an error behind").await;
+    }
     assert!(is_free(free).await);
 }
 

@@ -45,7 +45,7 @@ async fn a_session_creates_its_functions_once_on_first_need_outside_a_transactio
     let guard = conn.lock_exclusive(ids[1]).await.unwrap();
     drop(guard);
     let created = functions(&mut conn).await;
-    assert_eq!(created.len(), 2);
+    assert_eq!(created.len(), 4);
     for _ in 0..3 {
         let guard = conn.lock_shared(&ids).await.unwrap();
         drop(guard);
@@ -80,7 +80,7 @@ async fn discarded_functions_are_recreated_outside_and_not_needed_inside_a_trans
         .release()
         .await
         .unwrap();
-    assert_eq!(functions(&mut conn).await.len(), 2);
+    assert_eq!(functions(&mut conn).await.len(), 4);
 
     sqlx::query("DISCARD TEMP")
         .execute(&mut conn)
@@ -102,7 +102,7 @@ async fn discarded_functions_are_recreated_outside_and_not_needed_inside_a_trans
     lock.release().await.unwrap();
     drop(lock);
     assert!(all_free(&ids).await);
-    assert_eq!(functions(&mut conn).await.len(), 2, "not created again");
+    assert_eq!(functions(&mut conn).await.len(), 4, "not created again");
 
     // The same for one id, whose statement was prepared while the
     // functions existed.
@@ -120,7 +120,7 @@ async fn discarded_functions_are_recreated_outside_and_not_needed_inside_a_trans
     assert!(!is_free(ids[0]).await);
     guard.release().await.unwrap();
     assert!(is_free(ids[0]).await);
-    assert_eq!(functions(&mut conn).await.len(), 2);
+    assert_eq!(functions(&mut conn).await.len(), 4);
 }
 
 /// A read-only session cannot create its functions: every lock still works,

@@ -91,8 +91,9 @@ pub(crate) const fn unlock_one(id: LockId, shared: bool) -> &'static str {
 }
 
 /// Takes one id, waiting if another session holds it, in one statement:
-/// tries it first and, only when it is busy, calls the session's acquire
-/// function, which waits and catches every error. Returns the token when the
+/// tries it first and, only when it is busy, calls the session's function
+/// that waits for one id and catches every error ([`wait_one_body`]).
+/// Returns the token when the
 /// try took the id (the function is not called then, so a free id costs what
 /// [`try_one`] costs), and the function's outcome otherwise. Outside a
 /// transaction only: the statement fails to prepare when the session lacks
@@ -103,22 +104,22 @@ pub(crate) const fn lock_one(id: LockId, shared: bool) -> &'static str {
         (LockId::Int8(_), false) => {
             "SELECT CASE WHEN pg_try_advisory_lock($1) \
                     THEN set_config('alock.acquired', $3, false) \
-                    ELSE pg_temp.alock_v2_acquire(ARRAY[$1::int8], '{NULL}', '{NULL}', $2, $3) END"
+                    ELSE pg_temp.alock_v2_wait_one($1, NULL, NULL, $2, $3) END"
         }
         (LockId::Int8(_), true) => {
             "SELECT CASE WHEN pg_try_advisory_lock_shared($1) \
                     THEN set_config('alock.acquired', $3, false) \
-                    ELSE pg_temp.alock_v2_acquire_shared(ARRAY[$1::int8], '{NULL}', '{NULL}', $2, $3) END"
+                    ELSE pg_temp.alock_v2_wait_one_shared($1, NULL, NULL, $2, $3) END"
         }
         (LockId::Int4Pair(..), false) => {
             "SELECT CASE WHEN pg_try_advisory_lock($1, $2) \
                     THEN set_config('alock.acquired', $4, false) \
-                    ELSE pg_temp.alock_v2_acquire('{NULL}', ARRAY[$1::int4], ARRAY[$2::int4], $3, $4) END"
+                    ELSE pg_temp.alock_v2_wait_one(NULL, $1, $2, $3, $4) END"
         }
         (LockId::Int4Pair(..), true) => {
             "SELECT CASE WHEN pg_try_advisory_lock_shared($1, $2) \
                     THEN set_config('alock.acquired', $4, false) \
-                    ELSE pg_temp.alock_v2_acquire_shared('{NULL}', ARRAY[$1::int4], ARRAY[$2::int4], $3, $4) END"
+                    ELSE pg_temp.alock_v2_wait_one_shared(NULL, $1, $2, $3, $4) END"
         }
     }
 }
@@ -299,6 +300,66 @@ fn give_back(m: &str) -> String {
     )
 }
 
+/// Whether `pg_locks` shows the id (`k`, or `a` and `b`, as PL/pgSQL
+/// expressions) granted to this session in this mode: after an error that
+/// ended a wait, whether the grant came first.
+fn granted_to_session(k: &str, a: &str, b: &str, shared: bool) -> String {
+    let mode = pg_locks_mode(shared);
+    format!(
+        "EXISTS (SELECT FROM pg_locks l \
+           WHERE l.locktype = 'advisory' AND l.granted AND l.mode = '{mode}' \
+             AND l.pid = pg_backend_pid() \
+             AND CASE WHEN {a} IS NULL \
+                 THEN l.classid::int8 = ({k} >> 32) & 4294967295 \
+                  AND l.objid::int8 = {k} & 4294967295 AND l.objsubid = 1 \
+                 ELSE l.classid::int8 = {a}::int8 & 4294967295 \
+                  AND l.objid::int8 = {b}::int8 & 4294967295 AND l.objsubid = 2 END)"
+    )
+}
+
+/// The wait for one id that a try just found busy, as the body of a
+/// function of `k`, `a`, `b` (the id's two forms), `wait_us` (-1 forever, or
+/// a limit in microseconds) and `token`: much shorter than
+/// [`session_body`], because the contended path runs on every handoff of a
+/// busy lock. Returns `waited` with the token recorded in `alock.acquired`,
+/// `busy` when the time ran out, or `SQLSTATE message`, having given the id
+/// back if an error came after the grant.
+fn wait_one_body(shared: bool) -> String {
+    let m = suffix(shared);
+    let granted = granted_to_session("k", "a", "b", shared);
+    format!(
+        "IF wait_us > 0 THEN \
+           saved := current_setting('lock_timeout'); \
+           recorded := set_config('lock_timeout', ceil(wait_us / 1000.0) || 'ms', true); \
+         END IF; \
+         BEGIN \
+           IF a IS NULL THEN PERFORM pg_advisory_lock{m}(k); \
+           ELSE PERFORM pg_advisory_lock{m}(a, b); END IF; \
+           recorded := set_config('alock.acquired', token, false); \
+           IF wait_us > 0 THEN recorded := set_config('lock_timeout', saved, true); END IF; \
+           RETURN 'waited'; \
+         EXCEPTION WHEN OTHERS OR query_canceled THEN \
+           code := SQLSTATE; message := SQLERRM; \
+         END; \
+         BEGIN \
+           held := {granted}; \
+         EXCEPTION WHEN OTHERS OR query_canceled THEN held := false; \
+         END; \
+         tries := 0; \
+         WHILE held AND tries < 100 LOOP \
+           BEGIN \
+             IF a IS NULL THEN released := pg_advisory_unlock{m}(k); \
+             ELSE released := pg_advisory_unlock{m}(a, b); END IF; \
+             held := false; \
+           EXCEPTION WHEN OTHERS OR query_canceled THEN tries := tries + 1; \
+           END; \
+         END LOOP; \
+         IF wait_us > 0 THEN recorded := set_config('lock_timeout', saved, true); END IF; \
+         RETURN CASE WHEN wait_us > 0 AND code = '55P03' THEN 'busy' \
+                     ELSE code || ' ' || message END;"
+    )
+}
+
 /// Takes `ids` at transaction level, in order, waiting, then `BEGIN`s, in
 /// one simple query. The locks are taken in the query's implicit
 /// transaction, which the `BEGIN` turns into the caller's transaction; if a
@@ -354,7 +415,7 @@ const BODY_DECLARATIONS: &str = "\
 /// tests of what it found.
 fn session_body(shared: bool) -> String {
     let m = suffix(shared);
-    let mode = pg_locks_mode(shared);
+    let granted = granted_to_session("k[w]", "a[w]", "b[w]", shared);
     let give_back = give_back(m);
     format!(
         "IF wait_us > 0 THEN \
@@ -391,15 +452,7 @@ fn session_body(shared: bool) -> String {
            code := SQLSTATE; message := SQLERRM; \
            IF w > 0 THEN \
              BEGIN \
-               IF EXISTS (SELECT FROM pg_locks l \
-                   WHERE l.locktype = 'advisory' AND l.granted AND l.mode = '{mode}' \
-                     AND l.pid = pg_backend_pid() \
-                     AND CASE WHEN a[w] IS NULL \
-                         THEN l.classid::int8 = (k[w] >> 32) & 4294967295 \
-                          AND l.objid::int8 = k[w] & 4294967295 AND l.objsubid = 1 \
-                         ELSE l.classid::int8 = a[w]::int8 & 4294967295 \
-                          AND l.objid::int8 = b[w]::int8 & 4294967295 AND l.objsubid = 2 END) \
-               THEN n := w; END IF; \
+               IF {granted} THEN n := w; END IF; \
              EXCEPTION WHEN OTHERS OR query_canceled THEN NULL; \
              END; \
            END IF; \
@@ -492,37 +545,38 @@ pub(crate) fn acquire_block(
     )
 }
 
-/// The name of the session's compiled copy of the session-level acquire.
-/// The version in the name changes whenever what the body does or returns
-/// changes, so that a session that outlives one version of this crate (a
-/// pooler handing it to another process) never runs another's function.
-/// Transaction-level locks are taken inside transactions, where the
-/// anonymous block always runs, so they have no function.
-const fn function_name(shared: bool) -> &'static str {
-    if shared {
-        "pg_temp.alock_v2_acquire_shared"
-    } else {
-        "pg_temp.alock_v2_acquire"
-    }
-}
-
-/// Creates the session's compiled copies of the session-level acquire, as
-/// functions in `pg_temp`: private to the session, gone when it ends. One
-/// simple query.
+/// The session's functions: the session-level acquire, and the wait for one
+/// id, in each mode. The version in the names changes whenever what a body
+/// does or returns changes, so that a session that outlives one version of
+/// this crate (a pooler handing it to another process) never runs another's
+/// function. Transaction-level locks are taken inside transactions, where
+/// the anonymous block always runs, so they have no function.
+///
+/// Creates them, as functions in `pg_temp`: private to the session, gone
+/// when it ends. One simple query.
 pub(crate) fn create_session_functions() -> String {
     let mut sql = String::new();
     for shared in [false, true] {
-        let name = function_name(shared);
+        let m = suffix(shared);
         let body = session_body(shared);
+        let wait_one = wait_one_body(shared);
         let _ = write!(
             sql,
-            "CREATE OR REPLACE FUNCTION {name}\
+            "CREATE OR REPLACE FUNCTION pg_temp.alock_v2_acquire{m}\
                (k int8[], a int4[], b int4[], wait_us int8, token text) \
              RETURNS text LANGUAGE plpgsql VOLATILE AS $alock$ DECLARE \
                {BODY_DECLARATIONS} \
              BEGIN \
                {body} \
                RETURN outcome; \
+             END $alock$; \
+             CREATE OR REPLACE FUNCTION pg_temp.alock_v2_wait_one{m}\
+               (k int8, a int4, b int4, wait_us int8, token text) \
+             RETURNS text LANGUAGE plpgsql VOLATILE AS $alock$ DECLARE \
+               saved text; recorded text; released bool; held bool; tries int; \
+               code text; message text; \
+             BEGIN \
+               {wait_one} \
              END $alock$;"
         );
     }
