@@ -6,10 +6,10 @@
 //! ```
 //!
 //! Every case runs against the same server, interleaved: each round runs one
-//! batch of every case and side in turn (starting one further along each
-//! round, so no side always goes first), and the table reports, per case and
-//! side, the median over rounds of the time per operation. Each side uses a
-//! session of its own; statements are prepared before the first round. The
+//! batch of every case and side, in an order shuffled afresh each round (from
+//! a fixed seed, so no side always runs next to the same neighbours), and the
+//! table reports, per case and side, the median over rounds of the time per
+//! operation. Each side uses a session of its own; statements are prepared before the first round. The
 //! round trips column is counted on the wire (through `alock_dev::RoundTrips`)
 //! in a separate pass, so the proxy never slows the timed runs.
 //!
@@ -771,9 +771,11 @@ async fn main() -> Result<(), BoxError> {
         })
         .collect();
     let started = Instant::now();
-    for round in 0..settings.rounds {
-        for i in 0..benches.len() {
-            let i = (round + i) % benches.len();
+    let mut order: Vec<usize> = (0..benches.len()).collect();
+    let mut seed = 0x616c_6f63_6b00_0001_u64;
+    for _ in 0..settings.rounds {
+        shuffle(&mut order, &mut seed);
+        for &i in &order {
             let bench = &mut benches[i];
             let n = settings.ops(bench.case, bench.side);
             let mut meter = Meter::new(None);
@@ -808,6 +810,22 @@ async fn main() -> Result<(), BoxError> {
         handoffs.map_or(0.0, |h| h.elapsed.as_secs_f64())
     );
     Ok(())
+}
+
+/// Puts `order` in a new order (Fisher-Yates, drawing from SplitMix64 on
+/// `seed`): each round runs the cases and sides in an order of its own, so
+/// no side always runs next to the same neighbours. The seed is fixed, so
+/// every run uses the same orders.
+fn shuffle(order: &mut [usize], seed: &mut u64) {
+    for i in (1..order.len()).rev() {
+        *seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let j = (z % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
 }
 
 /// Round trips per operation of every side of every case, in the order the

@@ -167,7 +167,7 @@ async fn lock_one(
 /// A statement that calls one of the session's functions.
 enum Call<'a> {
     /// [`sql::acquire_call`], over the ids' arrays.
-    Many(&'a IdArrays),
+    Many(Forms, &'a IdArrays),
     /// [`sql::lock_one`].
     One(LockId),
 }
@@ -181,10 +181,13 @@ impl Call<'_> {
         token: &str,
     ) -> Result<String, sqlx::Error> {
         let query = match *self {
-            Call::Many((int8, first, second)) => sqlx::query_scalar(sql::acquire_call(shared))
-                .bind(int8)
-                .bind(first)
-                .bind(second),
+            Call::Many(forms, arrays) => {
+                bind_forms!(
+                    sqlx::query_scalar(sql::acquire_call(forms, shared)),
+                    forms,
+                    arrays
+                )
+            }
             Call::One(id) => {
                 let query = sqlx::query_scalar(sql::lock_one(id, shared));
                 match id {
@@ -252,7 +255,7 @@ async fn run_acquire(
     let token_text = token.to_string();
     if let Level::Session = level {
         let arrays = bind_arrays(ids.iter());
-        let called = Call::Many(&arrays);
+        let called = Call::Many(Forms::of(ids), &arrays);
         match call_session_function(conn, called, shared, wait, &token_text).await {
             Some(Ok(outcome)) => return outcome_of(&outcome, &token_text),
             Some(Err(failure)) => return Err(failure),
@@ -282,6 +285,20 @@ fn outcome_of(outcome: &str, token: &str) -> Result<Taken, Failure> {
         }
     }
 }
+
+/// Binds the arrays a statement for ids of these forms takes (see
+/// [`sql::unlock_many`]); a macro, as the statements are of two types.
+macro_rules! bind_forms {
+    ($query:expr, $forms:expr, $arrays:expr) => {{
+        let (int8, first, second) = $arrays;
+        match $forms {
+            Forms::Int8 => $query.bind(int8),
+            Forms::Pairs => $query.bind(first).bind(second),
+            Forms::Mixed => $query.bind(int8).bind(first).bind(second),
+        }
+    }};
+}
+use bind_forms;
 
 /// The ids as the three parallel arrays the statements bind: `int8`,
 /// first `int4`, second `int4`, NULL where an id is of the other form.
@@ -391,14 +408,11 @@ pub(crate) async fn release(
         }
         _ => {
             let forms = Forms::of(ids);
-            let (int8, first, second) = bind_arrays(ids.iter().rev());
-            let query = sqlx::query(sql::unlock_many(forms, shared));
-            let query = match forms {
-                Forms::Int8 => query.bind(int8),
-                Forms::Pairs => query.bind(first).bind(second),
-                Forms::Mixed => query.bind(int8).bind(first).bind(second),
-            };
-            query.bind(token).execute(&mut *flight.conn).await
+            let arrays = bind_arrays(ids.iter().rev());
+            bind_forms!(sqlx::query(sql::unlock_many(forms, shared)), forms, &arrays)
+                .bind(token)
+                .execute(&mut *flight.conn)
+                .await
         }
     };
     flight.cleanup = None;

@@ -423,7 +423,7 @@ fn session_body(shared: bool) -> String {
            deadline := clock_timestamp() + make_interval(secs => wait_us::float8 / 1000000); \
          END IF; \
          BEGIN \
-           FOR i IN 1..cardinality(k) LOOP \
+           FOR i IN 1..greatest(cardinality(k), cardinality(a)) LOOP \
              IF NOT (CASE WHEN a[i] IS NULL THEN pg_try_advisory_lock{m}(k[i]) \
                           ELSE pg_try_advisory_lock{m}(a[i], b[i]) END) \
              THEN \
@@ -440,7 +440,7 @@ fn session_body(shared: bool) -> String {
              END IF; \
              n := i; \
            END LOOP; \
-           IF coalesce(n, 0) = cardinality(k) THEN \
+           IF coalesce(n, 0) = greatest(cardinality(k), cardinality(a)) THEN \
              outcome := set_config('alock.acquired', token, false); \
              IF waited THEN \
                outcome := 'waited'; \
@@ -584,13 +584,18 @@ pub(crate) fn create_session_functions() -> String {
 }
 
 /// Calls the session's compiled copy of the session-level acquire; returns
-/// its outcome. Bind: `int8[]`, `int4[]`, `int4[]`, the wait in
-/// microseconds, the token. 1 round trip.
-pub(crate) const fn acquire_call(shared: bool) -> &'static str {
-    if shared {
-        "SELECT pg_temp.alock_v2_acquire_shared($1, $2, $3, $4, $5)"
-    } else {
-        "SELECT pg_temp.alock_v2_acquire($1, $2, $3, $4, $5)"
+/// its outcome. The arrays of a form the ids do not take are passed as NULL
+/// rather than bound, and the body counts the ids from whichever is not.
+/// Bind: as for [`unlock_many`], then the wait in microseconds and the
+/// token. 1 round trip.
+pub(crate) const fn acquire_call(forms: Forms, shared: bool) -> &'static str {
+    match (forms, shared) {
+        (Forms::Int8, false) => "SELECT pg_temp.alock_v2_acquire($1, NULL, NULL, $2, $3)",
+        (Forms::Int8, true) => "SELECT pg_temp.alock_v2_acquire_shared($1, NULL, NULL, $2, $3)",
+        (Forms::Pairs, false) => "SELECT pg_temp.alock_v2_acquire(NULL, $1, $2, $3, $4)",
+        (Forms::Pairs, true) => "SELECT pg_temp.alock_v2_acquire_shared(NULL, $1, $2, $3, $4)",
+        (Forms::Mixed, false) => "SELECT pg_temp.alock_v2_acquire($1, $2, $3, $4, $5)",
+        (Forms::Mixed, true) => "SELECT pg_temp.alock_v2_acquire_shared($1, $2, $3, $4, $5)",
     }
 }
 
