@@ -6,12 +6,14 @@
 //! ```
 //!
 //! Every case runs against the same server, interleaved: each round runs one
-//! batch of every case and side, in an order shuffled afresh each round (from
-//! a fixed seed, so no side always runs next to the same neighbours), and the
-//! table reports, per case and side, the median over rounds of the time per
-//! operation. Each side uses a session of its own; statements are prepared before the first round. The
-//! round trips column is counted on the wire (through `alock_dev::RoundTrips`)
-//! in a separate pass, so the proxy never slows the timed runs.
+//! batch of every case and side, the cases in an order shuffled afresh each
+//! round and the sides of a case back to back, also shuffled (from a fixed
+//! seed), and the table reports, per case and side, the median over rounds of
+//! the time per operation; a ratio is the median of the per-round ratios of
+//! two sides that ran back to back. Each side uses a session of its own;
+//! statements are prepared before the first round. The round trips column is
+//! counted on the wire (through `alock_dev::RoundTrips`) in a separate pass,
+//! so the proxy never slows the timed runs.
 //!
 //! The cases: acquire + release of 1 and 10 free keys, a re-entrant acquire +
 //! release, a `try_acquire` of 10 keys that fails on the 10th, a timed acquire
@@ -771,18 +773,33 @@ async fn main() -> Result<(), BoxError> {
         })
         .collect();
     let started = Instant::now();
-    let mut order: Vec<usize> = (0..benches.len()).collect();
+    // The sides a ratio compares run back to back: a group is a case with
+    // the cases measured against its sides (the guard forms).
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, bench) in benches.iter().enumerate() {
+        let base = bench.case.baseline();
+        match groups
+            .iter_mut()
+            .find(|g| benches[g[0]].case.baseline() == base)
+        {
+            Some(group) => group.push(i),
+            None => groups.push(vec![i]),
+        }
+    }
     let mut seed = 0x616c_6f63_6b00_0001_u64;
     for _ in 0..settings.rounds {
-        shuffle(&mut order, &mut seed);
-        for &i in &order {
-            let bench = &mut benches[i];
-            let n = settings.ops(bench.case, bench.side);
-            let mut meter = Meter::new(None);
-            bench.run(n, &mut meter).await?;
-            series[i]
-                .per_op
-                .push(meter.elapsed.as_nanos() as f64 / n as f64);
+        shuffle(&mut groups, &mut seed);
+        for group in &mut groups {
+            shuffle(group, &mut seed);
+            for &i in group.iter() {
+                let bench = &mut benches[i];
+                let n = settings.ops(bench.case, bench.side);
+                let mut meter = Meter::new(None);
+                bench.run(n, &mut meter).await?;
+                series[i]
+                    .per_op
+                    .push(meter.elapsed.as_nanos() as f64 / n as f64);
+            }
         }
     }
     let interleaved = started.elapsed();
@@ -812,19 +829,19 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Puts `order` in a new order (Fisher-Yates, drawing from SplitMix64 on
-/// `seed`): each round runs the cases and sides in an order of its own, so
-/// no side always runs next to the same neighbours. The seed is fixed, so
-/// every run uses the same orders.
-fn shuffle(order: &mut [usize], seed: &mut u64) {
-    for i in (1..order.len()).rev() {
+/// Puts `items` in a new order (Fisher-Yates, drawing from SplitMix64 on
+/// `seed`): each round runs the cases, and the sides within each, in an
+/// order of its own, so no side always runs first or next to the same
+/// neighbours. The seed is fixed, so every run uses the same orders.
+fn shuffle<T>(items: &mut [T], seed: &mut u64) {
+    for i in (1..items.len()).rev() {
         *seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = *seed;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^= z >> 31;
         let j = (z % (i as u64 + 1)) as usize;
-        order.swap(i, j);
+        items.swap(i, j);
     }
 }
 

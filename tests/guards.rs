@@ -360,6 +360,16 @@ async fn a_busy_transaction_lock_gives_back_everything_and_keeps_the_transaction
             .unwrap()
     );
     assert_eq!(held(&mut observer, pid, free).await, Held::Nothing);
+
+    // A wait without a deadline that fails (here on the session's own
+    // lock_timeout) gives back what it took too.
+    sqlx::query("SET LOCAL lock_timeout = '30ms'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let err = tx.xact_lock_exclusive([free, busy]).await.unwrap_err();
+    assert!(matches!(err, Error::LockTimeout(_)), "{err:?}");
+    assert_eq!(held(&mut observer, pid, free).await, Held::Nothing);
     assert_answers(&mut tx, "the transaction was aborted").await;
     tx.commit().await.unwrap();
 }

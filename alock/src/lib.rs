@@ -109,9 +109,10 @@
 //! (max_connections + max_prepared_transactions)` entries; when it is full,
 //! acquires fail with [`Error::LockTableFull`] and give back what they took.
 //! Several ids and every wait run a PL/pgSQL body: outside a transaction as
-//! functions the session creates in `pg_temp` on first need (a role without
-//! the `TEMP` privilege falls back), inside a transaction as an anonymous
-//! block, compiled on every call. The crate records its per-call bookkeeping
+//! functions the session creates in `pg_temp` on first need (three extra
+//! round trips, once per session; a read-only session, or a role without the
+//! `TEMP` privilege, falls back to the anonymous block), inside a transaction
+//! as an anonymous block, compiled on every call. The crate records its per-call bookkeeping
 //! in the session settings `alock.acquired`, `alock.released` and
 //! `alock.outcome`.
 #![forbid(unsafe_code)]

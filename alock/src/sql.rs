@@ -530,6 +530,9 @@ pub(crate) fn acquire_block(
     token: u64,
 ) -> String {
     let (k, a, b) = id_arrays(ids);
+    if let (Level::Transaction, Wait::No | Wait::Forever) = (level, wait) {
+        return xact_block(&k, &a, &b, shared, wait);
+    }
     let body = body(level, shared);
     let wait_us = wait.micros();
     format!(
@@ -540,6 +543,43 @@ pub(crate) fn acquire_block(
          BEGIN \
            {body} \
            recorded := set_config('alock.outcome', outcome, true); \
+         END $alock$; \
+         SELECT current_setting('alock.outcome')"
+    )
+}
+
+/// The transaction-level acquire of ids that need no deadline, as the
+/// shortest block that does it, since inside a transaction the server
+/// compiles the block on every call: one statement takes the ids in order
+/// (waiting, or trying until one is busy, which raises), inside a block
+/// whose subtransaction, rolled back on any error, gives back every id it
+/// took. `k`, `a`, `b` are the ids' array literals.
+fn xact_block(k: &str, a: &str, b: &str, shared: bool, wait: Wait) -> String {
+    let m = suffix(shared);
+    let ids = format!("unnest({k}::int8[], {a}::int4[], {b}::int4[]) AS id(k, a, b)");
+    let take = if let Wait::No = wait {
+        format!(
+            "IF EXISTS (SELECT FROM {ids} \
+                 WHERE NOT CASE WHEN a IS NULL THEN pg_try_advisory_xact_lock{m}(k) \
+                                ELSE pg_try_advisory_xact_lock{m}(a, b) END) \
+             THEN RAISE EXCEPTION USING ERRCODE = '{BUSY_SQLSTATE}'; END IF;"
+        )
+    } else {
+        format!(
+            "PERFORM count(CASE WHEN a IS NULL THEN pg_advisory_xact_lock{m}(k) \
+                                ELSE pg_advisory_xact_lock{m}(a, b) END) \
+               FROM {ids};"
+        )
+    };
+    format!(
+        "DO $alock$ DECLARE outcome text := 'acquired'; BEGIN \
+           BEGIN \
+             {take} \
+           EXCEPTION \
+             WHEN SQLSTATE '{BUSY_SQLSTATE}' THEN outcome := 'busy'; \
+             WHEN OTHERS OR query_canceled THEN outcome := SQLSTATE || ' ' || SQLERRM; \
+           END; \
+           PERFORM set_config('alock.outcome', outcome, true); \
          END $alock$; \
          SELECT current_setting('alock.outcome')"
     )
