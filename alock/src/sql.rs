@@ -324,6 +324,11 @@ fn granted_to_session(k: &str, a: &str, b: &str, shared: bool) -> String {
 /// busy lock. Returns `waited` with the token recorded in `alock.acquired`,
 /// `busy` when the time ran out, or `SQLSTATE message`, having given the id
 /// back if an error came after the grant.
+///
+/// The token is recorded before the wait, so that nothing but the return
+/// stands between the grant and the caller, who holds the lock from then on:
+/// the setting is made inside the block's subtransaction, which an error
+/// rolls back, setting and all. Nobody reads it before the statement ends.
 fn wait_one_body(shared: bool) -> String {
     let m = suffix(shared);
     let granted = granted_to_session("k", "a", "b", shared);
@@ -333,9 +338,9 @@ fn wait_one_body(shared: bool) -> String {
            recorded := set_config('lock_timeout', ceil(wait_us / 1000.0) || 'ms', true); \
          END IF; \
          BEGIN \
+           recorded := set_config('alock.acquired', token, false); \
            IF a IS NULL THEN PERFORM pg_advisory_lock{m}(k); \
            ELSE PERFORM pg_advisory_lock{m}(a, b); END IF; \
-           recorded := set_config('alock.acquired', token, false); \
            IF wait_us > 0 THEN recorded := set_config('lock_timeout', saved, true); END IF; \
            RETURN 'waited'; \
          EXCEPTION WHEN OTHERS OR query_canceled THEN \
