@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use alock::{Error, ExclusiveLock, LockId, ShareLock};
 use alock_dev::{
-    Held, all_free, assert_answers, backend_pid, connect, held, hold_elsewhere, is_free,
+    Held, all_free, assert_answers, backend_pid, connect, held, hold_elsewhere, is_free, lock_on,
     set_lock_timeout, unique_key, unique_keys, until_waiting,
 };
 use sqlx::{Connection, PgConnection};
@@ -153,6 +153,18 @@ async fn acquire_timeout_takes_free_ids_and_gives_up_on_busy_ones() {
     );
     assert!(!lone.acquire_timeout(Duration::ZERO).await.unwrap());
     drop(lone);
+    // A timeout shorter than a microsecond, or one already spent by the time
+    // the statement is sent, still gives up rather than waiting without
+    // one. The client-side limit only keeps a failure from hanging the test.
+    for ids in [vec![busy], vec![free, busy]] {
+        let mut lock = ExclusiveLock::new(&mut conn, &ids);
+        let tiny = lock.acquire_timeout(Duration::from_nanos(1));
+        let taken = tokio::time::timeout(Duration::from_secs(30), tiny)
+            .await
+            .expect("a 1 ns timeout waited without a limit");
+        assert!(!taken.unwrap());
+    }
+    assert_eq!(held(&mut observer, pid, free).await, Held::Nothing);
 
     let mut ok = ExclusiveLock::new(&mut conn, [free]);
     assert!(ok.acquire_timeout(Duration::from_secs(5)).await.unwrap());
@@ -357,4 +369,63 @@ async fn timeouts_longer_than_lock_timeout_can_express_wait_as_long_as_it_takes(
         .await
         .unwrap();
     assert!(waiter.await.unwrap());
+}
+
+/// Int8 ids, from the test's unique int4 pairs (a different lock: objsubid
+/// 1, not 2).
+fn int8_keys(n: usize) -> Vec<LockId> {
+    unique_keys(n)
+        .into_iter()
+        .map(|id| match id {
+            LockId::Int4Pair(a, b) => LockId::Int8((i64::from(a) << 32) | i64::from(b as u32)),
+            other => other,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn int8_ids_wait_time_out_and_hand_over_like_pairs() {
+    let [free, busy] = int8_keys(2).try_into().unwrap();
+    let mut holder = hold_elsewhere(busy).await;
+    let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
+    let mut observer = connect().await;
+
+    for ids in [vec![busy], vec![free, busy]] {
+        let mut lock = ExclusiveLock::new(&mut conn, &ids);
+        assert!(
+            !lock
+                .acquire_timeout(Duration::from_millis(30))
+                .await
+                .unwrap()
+        );
+        drop(lock);
+        assert_eq!(held(&mut observer, pid, free).await, Held::Nothing);
+
+        set_lock_timeout(&mut conn, "30ms").await;
+        let err = ExclusiveLock::new(&mut conn, &ids)
+            .acquire()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::LockTimeout(_)), "{err:?}");
+        set_lock_timeout(&mut conn, "0").await;
+        assert_eq!(held(&mut observer, pid, free).await, Held::Nothing);
+
+        let mut lock = ExclusiveLock::new(&mut conn, &ids);
+        let (taken, ()) = tokio::join!(lock.acquire(), async {
+            until_waiting(&mut observer, pid).await;
+            sqlx::query("SELECT pg_advisory_unlock_all()")
+                .execute(&mut holder)
+                .await
+                .unwrap();
+        });
+        taken.unwrap();
+        for id in &ids {
+            assert_eq!(held(&mut observer, pid, *id).await, Held::Exclusive);
+        }
+        lock.release().await.unwrap();
+        drop(lock);
+        assert!(is_free(free).await && is_free(busy).await);
+        lock_on(&mut holder, busy).await;
+    }
 }

@@ -90,17 +90,17 @@ pub(crate) async fn acquire(
             .await
             .map(|taken| if taken { Taken::AtOnce } else { Taken::No })
             .map_err(Failure::Statement),
-        ([id], _) => match lock_one(flight.conn, *id, shared, wait(patience), token).await {
+        ([id], _) => match lock_one(flight.conn, *id, shared, &|| wait(patience), token).await {
             Some(taken) => taken,
             // No session functions: try, and wait in the anonymous block
             // only if the id is busy.
             None => match try_one(flight.conn, *id, shared, token).await {
                 Ok(true) => Ok(Taken::AtOnce),
-                Ok(false) => run_block(flight.conn, ids, shared, wait(patience), token).await,
+                Ok(false) => run_block(flight.conn, ids, shared, &|| wait(patience), token).await,
                 Err(e) => Err(Failure::Statement(e)),
             },
         },
-        _ => run_block(flight.conn, ids, shared, wait(patience), token).await,
+        _ => run_block(flight.conn, ids, shared, &|| wait(patience), token).await,
     };
     match taken {
         Ok(taken) => {
@@ -117,6 +117,11 @@ pub(crate) async fn acquire(
         Err(Failure::Statement(e)) => Err(e),
     }
 }
+
+/// What is left of an acquire's patience, asked afresh before each
+/// statement, so that the statements a first call on a session needs (the
+/// failed call, creating the functions) come out of the timeout too.
+type Remaining<'a> = &'a (dyn Fn() -> Wait + Sync);
 
 /// How an acquire statement failed.
 enum Failure {
@@ -153,7 +158,7 @@ async fn lock_one(
     conn: &mut PgConnection,
     id: LockId,
     shared: bool,
-    wait: Wait,
+    wait: Remaining<'_>,
     token: u64,
 ) -> Option<Result<Taken, Failure>> {
     let token = token.to_string();
@@ -209,13 +214,13 @@ async fn call_session_function(
     conn: &mut PgConnection,
     call: Call<'_>,
     shared: bool,
-    wait: Wait,
+    wait: Remaining<'_>,
     token: &str,
 ) -> Option<Result<String, Failure>> {
     if conn.is_in_transaction() || !session::allowed() {
         return None;
     }
-    match call.run(conn, shared, wait, token).await {
+    match call.run(conn, shared, wait(), token).await {
         Err(e) if session::missing(&e) => {}
         first => return Some(first.map_err(|e| Failure::Statement(Error::from_sqlx(e)))),
     }
@@ -224,7 +229,7 @@ async fn call_session_function(
         Ok(false) => return None,
         Err(e) => return Some(Err(Failure::Statement(Error::from_sqlx(e)))),
     }
-    Some(match call.run(conn, shared, wait, token).await {
+    Some(match call.run(conn, shared, wait(), token).await {
         Ok(text) => Ok(text),
         // The function never ran: nothing was taken.
         Err(e) if session::missing(&e) => Err(Failure::Reported(Error::from_sqlx(e))),
@@ -238,7 +243,7 @@ async fn run_block(
     conn: &mut PgConnection,
     ids: &[LockId],
     shared: bool,
-    wait: Wait,
+    wait: Remaining<'_>,
     token: u64,
 ) -> Result<Taken, Failure> {
     run_acquire(conn, Level::Session, ids, shared, wait, token).await
@@ -249,7 +254,7 @@ async fn run_acquire(
     level: Level,
     ids: &[LockId],
     shared: bool,
-    wait: Wait,
+    wait: Remaining<'_>,
     token: u64,
 ) -> Result<Taken, Failure> {
     let token_text = token.to_string();
@@ -264,7 +269,7 @@ async fn run_acquire(
             None => {}
         }
     }
-    let block = sql::acquire_block(level, ids, shared, wait, token);
+    let block = sql::acquire_block(level, ids, shared, wait(), token);
     let row = sqlx::raw_sql(AssertSqlSafe(block))
         .fetch_one(&mut *conn)
         .await
@@ -359,9 +364,9 @@ pub(crate) async fn acquire_xact(
             if taken || matches!(patience, Patience::None) {
                 return Ok(taken);
             }
-            run_xact_block(conn, ids, shared, wait(patience)).await
+            run_xact_block(conn, ids, shared, &|| wait(patience)).await
         }
-        _ => run_xact_block(conn, ids, shared, wait(patience)).await,
+        _ => run_xact_block(conn, ids, shared, &|| wait(patience)).await,
     }
 }
 
@@ -371,7 +376,7 @@ async fn run_xact_block(
     conn: &mut PgConnection,
     ids: &[LockId],
     shared: bool,
-    wait: Wait,
+    wait: Remaining<'_>,
 ) -> Result<bool, Error> {
     match run_acquire(conn, Level::Transaction, ids, shared, wait, 0).await {
         Ok(taken) => Ok(taken.is_taken()),

@@ -5,19 +5,25 @@
 //! - **One id, not waiting**: a prepared statement per function
 //!   (`pg_try_advisory_lock`, `pg_advisory_unlock`, ...). One round trip, the
 //!   same as hand-written SQL. Outside a transaction, the statement that may
-//!   wait for one id ([`lock_one`]) is the same try, which calls the body
-//!   below only when the id is busy.
-//! - **Several ids, or any wait**: one PL/pgSQL body, called as one of the
-//!   session's functions in `pg_temp` outside a transaction (see
-//!   `session.rs`), run as a `DO` block followed by a `SELECT` of its outcome
-//!   in one simple-query message inside one: one round trip either way. The
-//!   body takes the ids in order, catches every error
+//!   wait for one id ([`lock_one`]) is the same try, which calls the
+//!   session's short wait function ([`wait_one_body`]) only when the id is
+//!   busy.
+//! - **Several ids, or any wait**: a PL/pgSQL body ([`session_body`]),
+//!   called as one of the session's functions in `pg_temp` with the ids
+//!   bound as arrays outside a transaction (see `session.rs`), and run as an
+//!   anonymous `DO` block followed by a `SELECT` of its outcome, in one
+//!   simple-query message, inside one (and on sessions that cannot have the
+//!   functions), with the ids written in as integer literals; no user text
+//!   ever reaches it. Transaction-level locks without a deadline get the
+//!   shortest block that does the work ([`xact_block`]). One round trip
+//!   either way. Every body takes the ids in order, catches every error
 //!   (deadlock, `lock_timeout`, cancel, full lock table), gives back whatever
 //!   it took before the error, and reports the outcome as data. So the call
 //!   is all or nothing, an enclosing transaction is never aborted, and a
-//!   response nobody reads (the caller's future was dropped) never surfaces as
-//!   an error on a later, unrelated query. The ids are integers written into
-//!   the block as literals; no user text ever reaches it.
+//!   response nobody reads (the caller's future was dropped) never surfaces
+//!   as an error on a later, unrelated query. The one exception is the first
+//!   call on a session that lacks its functions, which fails before it
+//!   creates them (see `prepare_session`).
 //!
 //! Every statement that can take a lock records a per-call token in the
 //! session setting `alock.acquired` when, and only when, it ends holding its
@@ -382,13 +388,16 @@ pub(crate) fn lock_then_begin(ids: &[LockId], shared: bool) -> String {
 }
 
 impl Wait {
-    /// The wait as the block's `wait_us` argument: 0 never waits, -1 waits
+    /// The wait as the bodies' `wait_us` argument: 0 never waits, -1 waits
     /// as long as it takes, a positive number is the limit in microseconds.
+    /// A limit is at least 1 µs, so that a deadline already reached (what
+    /// is left of a timeout, rounded down) is never taken for "no wait" or,
+    /// by the single-id wait, for "no limit".
     pub(crate) fn micros(self) -> i64 {
         match self {
             Wait::No => 0,
             Wait::Forever => -1,
-            Wait::Until(limit) => i64::try_from(limit.as_micros()).unwrap_or(i64::MAX),
+            Wait::Until(limit) => i64::try_from(limit.as_micros()).unwrap_or(i64::MAX).max(1),
         }
     }
 }
@@ -463,9 +472,9 @@ fn session_body(shared: bool) -> String {
            END IF; \
          END; \
          IF outcome IS NULL THEN \
-           IF wait_us > 0 THEN recorded := set_config('lock_timeout', saved, true); END IF; \
            n := coalesce(n, 0); tries := 0; \
            {give_back} \
+           IF wait_us > 0 THEN recorded := set_config('lock_timeout', saved, true); END IF; \
            outcome := CASE WHEN code IS NULL OR (wait_us > 0 AND code = '55P03') THEN 'busy' \
                            ELSE code || ' ' || message END; \
          END IF;"
@@ -509,7 +518,7 @@ fn xact_body(shared: bool) -> String {
     )
 }
 
-/// Which acquire a block or function runs.
+/// Which acquire an anonymous block runs.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Level {
     Session,
@@ -526,7 +535,9 @@ fn body(level: Level, shared: bool) -> String {
 /// The acquire of `ids` as an anonymous block with the ids written in as
 /// literals, followed by the `SELECT` of its outcome, sent as one simple
 /// query: 1 round trip. The server compiles the block on every call; see
-/// [`acquire_call`] for the session's compiled copy.
+/// [`acquire_call`] for the session-level acquire's compiled copy, and
+/// [`xact_block`] for the short block of a transaction-level acquire without
+/// a deadline.
 pub(crate) fn acquire_block(
     level: Level,
     ids: &[LockId],
