@@ -6,8 +6,7 @@
 use alock::ExclusiveLock;
 use alock::prelude::*;
 use alock_dev::{
-    all_free, assert_answers, backend_pid, connect, hold_elsewhere, is_free, unique_keys,
-    until_waiting,
+    RoundTrips, all_free, assert_answers, connect, database_url, is_free, unique_keys,
 };
 use sqlx::{Connection, PgConnection};
 
@@ -123,38 +122,47 @@ async fn discarded_functions_are_recreated_outside_and_not_needed_inside_a_trans
     assert_eq!(functions(&mut conn).await.len(), 4);
 }
 
-/// A read-only session cannot create its functions: every lock still works,
-/// through the try and the anonymous block, and nothing is left behind.
 #[tokio::test]
-async fn a_read_only_session_locks_without_its_functions() {
-    let ids = unique_keys(3);
-    let mut conn = connect().await;
-    sqlx::query("SET default_transaction_read_only = on")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let mut observer = connect().await;
-    let pid = backend_pid(&mut conn).await;
-    for id in [&ids[..1], &ids[..]] {
-        let guard = conn.lock_exclusive(id).await.unwrap();
-        assert!(!all_free(id).await);
-        guard.release().await.unwrap();
-        assert!(all_free(id).await);
+async fn a_prepared_session_pays_nothing_on_its_first_lock() {
+    let ids = unique_keys(2);
+    let proxy = RoundTrips::start(database_url()).await;
+    let mut conn = PgConnection::connect(proxy.url()).await.unwrap();
 
-        // Busy, then handed over: the wait runs in the anonymous block.
-        let mut holder = hold_elsewhere(id[0]).await;
-        let (guard, ()) = tokio::join!(conn.lock_shared(id), async {
-            until_waiting(&mut observer, pid).await;
-            sqlx::query("SELECT pg_advisory_unlock_all()")
-                .execute(&mut holder)
-                .await
-                .unwrap();
-        });
-        let guard = guard.unwrap();
-        assert!(guard.waited());
-        guard.release().await.unwrap();
-        assert!(all_free(id).await);
+    let mut tx = conn.begin().await.unwrap();
+    assert!(!alock::prepare_session(&mut tx).await.unwrap());
+    assert!(
+        functions(&mut tx).await.is_empty(),
+        "created inside a transaction"
+    );
+    tx.commit().await.unwrap();
+
+    assert!(alock::prepare_session(&mut conn).await.unwrap());
+    assert_eq!(functions(&mut conn).await.len(), 4);
+    assert!(
+        alock::prepare_session(&mut conn).await.unwrap(),
+        "a second call"
+    );
+
+    // The first lock's statement no longer fails: abandoned after its first
+    // poll, it leaves nothing for the next query but its own cleanup.
+    {
+        let mut lock = ExclusiveLock::new(&mut conn, ids[0]);
+        tokio::select! {
+            biased;
+            _ = lock.acquire() => {}
+            () = std::future::ready(()) => {}
+        }
     }
-    assert!(functions(&mut conn).await.is_empty());
-    assert_answers(&mut conn, "an error was left behind").await;
+    assert_answers(&mut conn, "the abandoned first lock left an error").await;
+    assert!(is_free(ids[0]).await);
+
+    // Once prepared (sqlx's own first-use Parse aside), a lock costs one
+    // round trip.
+    let mut lock = ExclusiveLock::new(&mut conn, &ids);
+    let before = proxy.count();
+    lock.acquire().await.unwrap();
+    assert_eq!(proxy.count() - before, 2, "Parse, then the call");
+    lock.release().await.unwrap();
+    drop(lock);
+    assert!(all_free(&ids).await);
 }

@@ -110,9 +110,15 @@
 //! acquires fail with [`Error::LockTableFull`] and give back what they took.
 //! Several ids and every wait run a PL/pgSQL body: outside a transaction as
 //! functions the session creates in `pg_temp` on first need (three extra
-//! round trips, once per session; a read-only session, or a role without the
-//! `TEMP` privilege, falls back to the anonymous block), inside a transaction
-//! as an anonymous block, compiled on every call. The crate records its per-call bookkeeping
+//! round trips, once per session), inside a transaction as an anonymous
+//! block, compiled on every call. That first call fails before it creates
+//! them: if its future is dropped during that round trip, sqlx hands the
+//! unread "does not exist" error to the next query on the connection, once;
+//! [`prepare_session`] in a pool's `after_connect` creates them before any
+//! lock. Once the server has refused to create them (a read-only session, a
+//! role without the `TEMP` privilege), every session of the process takes
+//! the same locks through a try and the anonymous block: one more round trip
+//! when a single id has to wait. The crate records its per-call bookkeeping
 //! in the session settings `alock.acquired`, `alock.released` and
 //! `alock.outcome`.
 #![forbid(unsafe_code)]
@@ -134,6 +140,7 @@ pub use ext::{AdvisoryLockExt, PoolAdvisoryLockExt};
 pub use guard::{LockGuard, PoolLockGuard};
 pub use key::{AdvisoryKey, AdvisoryKeys, LockId};
 pub use lock::{AdvisoryLock, Exclusive, ExclusiveLock, Mode, ShareLock, Shared};
+pub use session::prepare_session;
 // BEGIN derive exports (owned by the derive work)
 #[cfg(feature = "derive")]
 #[doc(inline)]
