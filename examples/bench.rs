@@ -877,7 +877,55 @@ struct Handoffs {
     /// Round trips per handoff, lock + UPDATE + unlock, counted on the wire.
     alock_trips: f64,
     raw_trips: f64,
+    /// CPU time per handoff, one per run, in µs: of the side's backends
+    /// (when the server runs on this machine and they can be read) and of
+    /// this process.
+    alock_cpu: Vec<Cpu>,
+    raw_cpu: Vec<Cpu>,
     elapsed: Duration,
+}
+
+/// CPU time per handoff of one run, in µs.
+#[derive(Clone, Copy)]
+struct Cpu {
+    server: Option<f64>,
+    client: Option<f64>,
+}
+
+/// User + system CPU time of a process so far, in clock ticks (USER_HZ,
+/// 100 per second on Linux), from `/proc/<pid>/stat`; `None` where it cannot
+/// be read (another machine, another PID namespace, not Linux).
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses: state is the
+    // first, utime the 12th, stime the 13th.
+    let fields: Vec<&str> = stat
+        .get(stat.rfind(')')? + 2..)?
+        .split_whitespace()
+        .collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The summed CPU ticks of the backends `pids` and of this process.
+fn cpu_now(pids: &[i32]) -> (Option<u64>, Option<u64>) {
+    let server = pids
+        .iter()
+        .map(|pid| cpu_ticks(&pid.to_string()))
+        .sum::<Option<u64>>();
+    (server, cpu_ticks("self"))
+}
+
+/// The backend pids of `conns`.
+async fn backend_pids(conns: &mut [PgConnection]) -> Result<Vec<i32>, BoxError> {
+    let mut pids = Vec::with_capacity(conns.len());
+    for conn in conns {
+        pids.push(
+            sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(conn)
+                .await?,
+        );
+    }
+    Ok(pids)
 }
 
 /// Contended handoffs: `sessions` sessions each lock one key, increment a
@@ -906,6 +954,8 @@ async fn handoff_runs(
 
     let mut alock_conns = connect_all(url, settings.sessions).await?;
     let mut raw_conns = connect_all(url, settings.sessions).await?;
+    let alock_pids = backend_pids(&mut alock_conns).await?;
+    let raw_pids = backend_pids(&mut raw_conns).await?;
     let started = Instant::now();
     let mut result = Handoffs {
         alock: Vec::new(),
@@ -913,6 +963,8 @@ async fn handoff_runs(
         alock_waited: 0.0,
         alock_trips: trips[0],
         raw_trips: trips[1],
+        alock_cpu: Vec::new(),
+        raw_cpu: Vec::new(),
         elapsed: Duration::ZERO,
     };
     let mut waited = 0;
@@ -930,6 +982,11 @@ async fn handoff_runs(
                 _ => std::mem::take(&mut raw_conns),
             };
             let before = counter.read().await?;
+            let pids = match side {
+                Side::Alock => &alock_pids,
+                _ => &raw_pids,
+            };
+            let cpu_before = cpu_now(pids);
             let begun = Instant::now();
             let run_all = handoff_run(side, conns, key, &counter, per_session);
             let (conns, run_waited) = tokio::time::timeout(settings.handoff_limit, run_all)
@@ -941,6 +998,20 @@ async fn handoff_runs(
                     )
                 })??;
             let rate = total as f64 / begun.elapsed().as_secs_f64();
+            let cpu_after = cpu_now(pids);
+            let per_handoff = |before: u64, after: u64| {
+                after.saturating_sub(before) as f64 * 10_000.0 / total as f64
+            };
+            let cpu = Cpu {
+                server: cpu_before
+                    .0
+                    .zip(cpu_after.0)
+                    .map(|(b, a)| per_handoff(b, a)),
+                client: cpu_before
+                    .1
+                    .zip(cpu_after.1)
+                    .map(|(b, a)| per_handoff(b, a)),
+            };
             let after = counter.read().await?;
             assert_eq!(after - before, total as i64, "every handoff counted once");
             match side {
@@ -948,6 +1019,7 @@ async fn handoff_runs(
                     alock_conns = conns;
                     if run > 0 {
                         result.alock.push(rate);
+                        result.alock_cpu.push(cpu);
                         waited += run_waited;
                     }
                 }
@@ -955,6 +1027,7 @@ async fn handoff_runs(
                     raw_conns = conns;
                     if run > 0 {
                         result.raw.push(rate);
+                        result.raw_cpu.push(cpu);
                     }
                 }
             }
@@ -1193,6 +1266,25 @@ fn print_handoffs(settings: &Settings, handoffs: &Handoffs) {
         quantile(&ratios, 0.25),
         quantile(&ratios, 0.75)
     );
+    println!();
+    println!(
+        "CPU time per handoff, median over the runs (the backends' from /proc/<pid>/stat, \
+         when the server runs on this machine; the client's is this process's):"
+    );
+    println!();
+    println!("| side | server CPU per handoff | client CPU per handoff |");
+    println!("|---|---:|---:|");
+    for (name, cpu) in [
+        ("alock", &handoffs.alock_cpu),
+        ("raw SQL", &handoffs.raw_cpu),
+    ] {
+        let show = |values: Option<Vec<f64>>| {
+            values.map_or("n/a".to_owned(), |v| format!("{:.0} µs", median(&v)))
+        };
+        let server = show(cpu.iter().map(|c| c.server).collect());
+        let client = show(cpu.iter().map(|c| c.client).collect());
+        println!("| {name} | {server} | {client} |");
+    }
 }
 
 impl Handoffs {
