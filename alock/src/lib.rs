@@ -68,7 +68,7 @@
 //! |---|---|
 //! | take free ids, any number of them, any form | 1 |
 //! | try that finds an id busy and gives back what it took | 1 |
-//! | take ids when one is busy and must be waited for | 1; inside a transaction, 2 for a single id |
+//! | take ids when one is busy and must be waited for | 1; inside a transaction, or once the server has refused the session's functions, 2 for a single id |
 //! | release | 1 |
 //! | re-entrant acquire or release of a lock object | 0 |
 //! | `BEGIN` and a transaction-level lock | 1 |

@@ -72,7 +72,7 @@ impl Mode for Shared {
 /// | call | round trips |
 /// |---|---|
 /// | [`acquire`], [`try_acquire`], [`acquire_timeout`] of free ids | 1 |
-/// | [`acquire`], [`acquire_timeout`] of ids another session holds | 1; inside a transaction, 2 for a single id |
+/// | [`acquire`], [`acquire_timeout`] of ids another session holds | 1; inside a transaction, or once the server has refused the session's functions, 2 for a single id |
 /// | [`try_acquire`] that finds an id busy and gives back the rest | 1 |
 /// | [`release`] | 1 |
 /// | re-entrant [`acquire`] or [`release`] | 0 |
