@@ -325,3 +325,41 @@ async fn a_dropped_wait_does_not_release_other_holds_of_the_session() {
     prior_lock.release().await.unwrap();
     assert!(is_free(prior).await);
 }
+
+/// One id takes no token: the cleanup of a dropped single-id wait gives back
+/// what the session holds in that mode. The session here also holds the id
+/// shared, through another object; the dropped exclusive wait must give
+/// back its own grant, if any, and leave the shared hold alone.
+#[tokio::test]
+async fn a_dropped_single_wait_gives_back_only_its_own_grant() {
+    let id = unique_key();
+    let mut observer = connect().await;
+    let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
+    set_lock_timeout(&mut conn, "300ms").await;
+    let mut shared = ShareLock::new(&mut conn, id);
+    shared.acquire().await.unwrap();
+
+    for granted in [true, false] {
+        let mut other = ShareLock::new(connect().await, id);
+        other.acquire().await.unwrap();
+        let mut exclusive = ExclusiveLock::new(&mut shared, id);
+        abandon_once_waiting(exclusive.acquire(), &mut observer, pid).await;
+        drop(exclusive);
+        if granted {
+            // The other session lets go: the abandoned wait is granted,
+            // and the queued cleanup gives that grant back.
+            other.release().await.unwrap();
+        }
+        // Otherwise the wait runs into lock_timeout.
+        assert_answers(shared.as_mut(), "a later query got a stale answer").await;
+        assert_eq!(
+            held(&mut observer, pid, id).await,
+            Held::Shared,
+            "granted: {granted}"
+        );
+    }
+    shared.release().await.unwrap();
+    drop(shared);
+    assert!(is_free(id).await);
+}

@@ -76,7 +76,10 @@ pub(crate) async fn acquire(
         ids,
         shared,
         token: next_token(),
-        cleanup: Some(Cleanup::IfAcquired),
+        cleanup: Some(match ids {
+            [_] => Cleanup::IfHeld,
+            _ => Cleanup::IfAcquired,
+        }),
     };
     // What is left of the patience, as the wait a statement is given.
     let wait = |patience| match patience {
@@ -86,15 +89,15 @@ pub(crate) async fn acquire(
     };
     let token = flight.token;
     let taken = match (ids, patience) {
-        ([id], Patience::None) => try_one(flight.conn, *id, shared, token)
+        ([id], Patience::None) => try_one(flight.conn, *id, shared)
             .await
             .map(|taken| if taken { Taken::AtOnce } else { Taken::No })
             .map_err(Failure::Statement),
-        ([id], _) => match lock_one(flight.conn, *id, shared, &|| wait(patience), token).await {
+        ([id], _) => match lock_one(flight.conn, *id, shared, &|| wait(patience)).await {
             Some(taken) => taken,
             // No session functions: try, and wait in the anonymous block
             // only if the id is busy.
-            None => match try_one(flight.conn, *id, shared, token).await {
+            None => match try_one(flight.conn, *id, shared).await {
                 Ok(true) => Ok(Taken::AtOnce),
                 Ok(false) => run_block(flight.conn, ids, shared, &|| wait(patience), token).await,
                 Err(e) => Err(Failure::Statement(e)),
@@ -113,7 +116,8 @@ pub(crate) async fn acquire(
         }
         // The statement failed as a whole, not with an outcome it reported:
         // it may have been interrupted after taking the ids. The cleanup
-        // stays armed and releases them if its token shows they were taken.
+        // stays armed and releases them if they were taken (its token shows
+        // it, or for one id, the session holding it).
         Err(Failure::Statement(e)) => Err(e),
     }
 }
@@ -131,23 +135,13 @@ enum Failure {
     Statement(Error),
 }
 
-async fn try_one(
-    conn: &mut PgConnection,
-    id: LockId,
-    shared: bool,
-    token: u64,
-) -> Result<bool, Error> {
-    let query = sqlx::query_scalar::<_, Option<String>>(sql::try_one(id, shared));
+async fn try_one(conn: &mut PgConnection, id: LockId, shared: bool) -> Result<bool, Error> {
+    let query = sqlx::query_scalar::<_, bool>(sql::try_one(id, shared));
     let query = match id {
         LockId::Int8(key) => query.bind(key),
         LockId::Int4Pair(key1, key2) => query.bind(key1).bind(key2),
     };
-    let token = query
-        .bind(token.to_string())
-        .fetch_one(conn)
-        .await
-        .map_err(Error::from_sqlx)?;
-    Ok(token.is_some())
+    query.fetch_one(conn).await.map_err(Error::from_sqlx)
 }
 
 /// Takes one id, waiting if it is busy, in one statement that calls the
@@ -159,14 +153,13 @@ async fn lock_one(
     id: LockId,
     shared: bool,
     wait: Remaining<'_>,
-    token: u64,
 ) -> Option<Result<Taken, Failure>> {
-    let token = token.to_string();
-    let text = match call_session_function(conn, Call::One(id), shared, wait, &token).await? {
+    let text = match call_session_function(conn, Call::One(id), shared, wait, "").await? {
         Ok(text) => text,
         Err(failure) => return Some(Err(failure)),
     };
-    Some(outcome_of(&text, &token))
+    // No token: "acquired" is the try's own word.
+    Some(outcome_of(&text, "acquired"))
 }
 
 /// A statement that calls one of the session's functions.
@@ -185,23 +178,27 @@ impl Call<'_> {
         wait: Wait,
         token: &str,
     ) -> Result<String, sqlx::Error> {
-        let query = match *self {
+        match *self {
             Call::Many(forms, arrays) => {
                 bind_forms!(
                     sqlx::query_scalar(sql::acquire_call(forms, shared)),
                     forms,
                     arrays
                 )
+                .bind(wait.micros())
+                .bind(token)
+                .fetch_one(conn)
+                .await
             }
             Call::One(id) => {
                 let query = sqlx::query_scalar(sql::lock_one(id, shared));
-                match id {
+                let query = match id {
                     LockId::Int8(key) => query.bind(key),
                     LockId::Int4Pair(key1, key2) => query.bind(key1).bind(key2),
-                }
+                };
+                query.bind(wait.micros()).fetch_one(conn).await
             }
-        };
-        query.bind(wait.micros()).bind(token).fetch_one(conn).await
+        }
     }
 }
 
@@ -459,8 +456,13 @@ fn next_token() -> u64 {
 /// What a statement whose response was never read leaves to clean up.
 #[derive(Clone, Copy)]
 enum Cleanup {
-    /// An acquire: release the ids if it took them.
+    /// An acquire of several ids: release them if its token shows it took
+    /// them.
     IfAcquired,
+    /// An acquire of one id: release it if the session holds it in this
+    /// mode, which for one id means the acquire took it
+    /// ([`sql::cleanup_if_held`]).
+    IfHeld,
     /// A release: release the ids if it never ran.
     UnlessReleased,
 }
@@ -483,6 +485,10 @@ impl Drop for InFlight<'_, '_> {
             Some(Cleanup::IfAcquired) => {
                 sql::cleanup_if_acquired(self.ids, self.shared, self.token)
             }
+            Some(Cleanup::IfHeld) => match self.ids {
+                [id] => sql::cleanup_if_held(*id, self.shared),
+                _ => sql::cleanup_if_acquired(self.ids, self.shared, self.token),
+            },
             Some(Cleanup::UnlessReleased) => {
                 sql::cleanup_unless_released(self.ids, self.shared, self.token)
             }

@@ -25,11 +25,13 @@
 //!   call on a session that lacks its functions, which fails before it
 //!   creates them (see `prepare_session`).
 //!
-//! Every statement that can take a lock records a per-call token in the
-//! session setting `alock.acquired` when, and only when, it ends holding its
-//! ids. A caller whose future is dropped while such a statement is in flight
-//! queues [`cleanup_if_acquired`], which releases the ids only if the token
-//! shows the statement succeeded. Releases record theirs in
+//! Every statement that can take several ids records a per-call token in
+//! the session setting `alock.acquired` when, and only when, it ends holding
+//! its ids. A caller whose future is dropped while such a statement is in
+//! flight queues [`cleanup_if_acquired`], which releases the ids only if the
+//! token shows the statement succeeded. A single id needs no token: whether
+//! the session holds it afterwards says whether the statement took it
+//! ([`cleanup_if_held`]). Releases record theirs in
 //! `alock.released`, and a dropped release queues
 //! [`cleanup_unless_released`], which releases only if the release itself
 //! never ran.
@@ -54,26 +56,15 @@ const fn suffix(shared: bool) -> &'static str {
     if shared { "_shared" } else { "" }
 }
 
-/// Tries one id; returns the token text when taken, NULL when busy.
-/// Bind: the key(s), then the token. 1 round trip.
+/// Tries one id; returns whether it was taken. Bind: the key(s). 1 round
+/// trip, the same statement as hand-written SQL. A single id needs no
+/// token: see [`cleanup_if_held`].
 pub(crate) const fn try_one(id: LockId, shared: bool) -> &'static str {
     match (id, shared) {
-        (LockId::Int8(_), false) => {
-            "SELECT CASE WHEN pg_try_advisory_lock($1) \
-             THEN set_config('alock.acquired', $2, false) END"
-        }
-        (LockId::Int8(_), true) => {
-            "SELECT CASE WHEN pg_try_advisory_lock_shared($1) \
-             THEN set_config('alock.acquired', $2, false) END"
-        }
-        (LockId::Int4Pair(..), false) => {
-            "SELECT CASE WHEN pg_try_advisory_lock($1, $2) \
-             THEN set_config('alock.acquired', $3, false) END"
-        }
-        (LockId::Int4Pair(..), true) => {
-            "SELECT CASE WHEN pg_try_advisory_lock_shared($1, $2) \
-             THEN set_config('alock.acquired', $3, false) END"
-        }
+        (LockId::Int8(_), false) => "SELECT pg_try_advisory_lock($1)",
+        (LockId::Int8(_), true) => "SELECT pg_try_advisory_lock_shared($1)",
+        (LockId::Int4Pair(..), false) => "SELECT pg_try_advisory_lock($1, $2)",
+        (LockId::Int4Pair(..), true) => "SELECT pg_try_advisory_lock_shared($1, $2)",
     }
 }
 
@@ -99,33 +90,28 @@ pub(crate) const fn unlock_one(id: LockId, shared: bool) -> &'static str {
 /// Takes one id, waiting if another session holds it, in one statement:
 /// tries it first and, only when it is busy, calls the session's function
 /// that waits for one id and catches every error ([`wait_one_body`]).
-/// Returns the token when the
-/// try took the id (the function is not called then, so a free id costs what
-/// [`try_one`] costs), and the function's outcome otherwise. Outside a
-/// transaction only: the statement fails to prepare when the session lacks
-/// its functions. Bind: the key(s), the wait in microseconds, the token.
-/// 1 round trip.
+/// Returns `acquired` when the try took the id (the function is not called
+/// then, so a free id costs what [`try_one`] costs), and the function's
+/// outcome otherwise. Outside a transaction only: the statement fails to
+/// prepare when the session lacks its functions. Bind: the key(s), the wait
+/// in microseconds. 1 round trip.
 pub(crate) const fn lock_one(id: LockId, shared: bool) -> &'static str {
     match (id, shared) {
         (LockId::Int8(_), false) => {
-            "SELECT CASE WHEN pg_try_advisory_lock($1) \
-                    THEN set_config('alock.acquired', $3, false) \
-                    ELSE pg_temp.alock_v2_wait_one($1, NULL, NULL, $2, $3) END"
+            "SELECT CASE WHEN pg_try_advisory_lock($1) THEN 'acquired' \
+                    ELSE pg_temp.alock_v2_wait_one($1, NULL, NULL, $2) END"
         }
         (LockId::Int8(_), true) => {
-            "SELECT CASE WHEN pg_try_advisory_lock_shared($1) \
-                    THEN set_config('alock.acquired', $3, false) \
-                    ELSE pg_temp.alock_v2_wait_one_shared($1, NULL, NULL, $2, $3) END"
+            "SELECT CASE WHEN pg_try_advisory_lock_shared($1) THEN 'acquired' \
+                    ELSE pg_temp.alock_v2_wait_one_shared($1, NULL, NULL, $2) END"
         }
         (LockId::Int4Pair(..), false) => {
-            "SELECT CASE WHEN pg_try_advisory_lock($1, $2) \
-                    THEN set_config('alock.acquired', $4, false) \
-                    ELSE pg_temp.alock_v2_wait_one(NULL, $1, $2, $3, $4) END"
+            "SELECT CASE WHEN pg_try_advisory_lock($1, $2) THEN 'acquired' \
+                    ELSE pg_temp.alock_v2_wait_one(NULL, $1, $2, $3) END"
         }
         (LockId::Int4Pair(..), true) => {
-            "SELECT CASE WHEN pg_try_advisory_lock_shared($1, $2) \
-                    THEN set_config('alock.acquired', $4, false) \
-                    ELSE pg_temp.alock_v2_wait_one_shared(NULL, $1, $2, $3, $4) END"
+            "SELECT CASE WHEN pg_try_advisory_lock_shared($1, $2) THEN 'acquired' \
+                    ELSE pg_temp.alock_v2_wait_one_shared(NULL, $1, $2, $3) END"
         }
     }
 }
@@ -324,17 +310,14 @@ fn granted_to_session(k: &str, a: &str, b: &str, shared: bool) -> String {
 }
 
 /// The wait for one id that a try just found busy, as the body of a
-/// function of `k`, `a`, `b` (the id's two forms), `wait_us` (-1 forever, or
-/// a limit in microseconds) and `token`: much shorter than
+/// function of `k`, `a`, `b` (the id's two forms) and `wait_us` (-1
+/// forever, or a limit in microseconds): much shorter than
 /// [`session_body`], because the contended path runs on every handoff of a
-/// busy lock. Returns `waited` with the token recorded in `alock.acquired`,
-/// `busy` when the time ran out, or `SQLSTATE message`, having given the id
-/// back if an error came after the grant.
-///
-/// The token is recorded before the wait, so that nothing but the return
-/// stands between the grant and the caller, who holds the lock from then on:
-/// the setting is made inside the block's subtransaction, which an error
-/// rolls back, setting and all. Nobody reads it before the statement ends.
+/// busy lock, and nothing but the return stands between the grant and the
+/// caller, who holds the lock from then on. Returns `waited`, `busy` when
+/// the time ran out, or `SQLSTATE message`, having given the id back if an
+/// error came after the grant. It records no token: see
+/// [`cleanup_if_held`].
 fn wait_one_body(shared: bool) -> String {
     let m = suffix(shared);
     let granted = granted_to_session("k", "a", "b", shared);
@@ -344,7 +327,6 @@ fn wait_one_body(shared: bool) -> String {
            recorded := set_config('lock_timeout', ceil(wait_us / 1000.0) || 'ms', true); \
          END IF; \
          BEGIN \
-           recorded := set_config('alock.acquired', token, false); \
            IF a IS NULL THEN PERFORM pg_advisory_lock{m}(k); \
            ELSE PERFORM pg_advisory_lock{m}(a, b); END IF; \
            IF wait_us > 0 THEN recorded := set_config('lock_timeout', saved, true); END IF; \
@@ -627,7 +609,7 @@ pub(crate) fn create_session_functions() -> String {
                RETURN outcome; \
              END $alock$; \
              CREATE OR REPLACE FUNCTION pg_temp.alock_v2_wait_one{m}\
-               (k int8, a int4, b int4, wait_us int8, token text) \
+               (k int8, a int4, b int4, wait_us int8) \
              RETURNS text LANGUAGE plpgsql VOLATILE AS $alock$ DECLARE \
                saved text; recorded text; released bool; held bool; tries int; \
                code text; message text; \
@@ -672,6 +654,31 @@ fn unlock_where(ids: &[LockId], shared: bool, condition: &str) -> String {
 /// Releases held `ids`. Queued from `Drop`, so a simple query.
 pub(crate) fn unlock_queued(ids: &[LockId], shared: bool) -> String {
     unlock_where(ids, shared, "true")
+}
+
+/// Releases one id if this session holds it, granted, in this mode, as
+/// `pg_locks` shows it: what a dropped single-id acquire queues. For one id
+/// that is exact, with no token: a session that already held the id in this
+/// mode (through another object) is granted it again at once, so whenever
+/// the id is held after the acquire's statement, that statement took it
+/// (once more), and giving it back once undoes exactly that; when the
+/// statement failed or found the id busy, the session does not hold it in
+/// this mode.
+pub(crate) fn cleanup_if_held(id: LockId, shared: bool) -> String {
+    let m = suffix(shared);
+    let mode = pg_locks_mode(shared);
+    let (classid, objid, objsubid) = id.pg_locks_row();
+    let args = match id {
+        LockId::Int8(key) => format!("{key}::int8"),
+        LockId::Int4Pair(key1, key2) => format!("{key1}, {key2}"),
+    };
+    format!(
+        "SELECT pg_advisory_unlock{m}({args}) \
+          WHERE EXISTS (SELECT FROM pg_locks \
+                         WHERE locktype = 'advisory' AND granted AND mode = '{mode}' \
+                           AND pid = pg_backend_pid() AND classid = {classid} \
+                           AND objid = {objid} AND objsubid = {objsubid})"
+    )
 }
 
 /// Releases `ids` only if the acquire that recorded `token` in
