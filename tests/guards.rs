@@ -514,3 +514,38 @@ async fn a_pool_lock_that_fails_returns_its_connection_to_the_pool() {
         "the connection was closed"
     );
 }
+
+#[tokio::test]
+async fn a_timed_transaction_lock_waits_and_leaves_lock_timeout_as_it_was() {
+    let [free, busy] = unique_keys(2).try_into().unwrap();
+    let mut holder = hold_elsewhere(busy).await;
+    let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
+    let mut observer = connect().await;
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("SET LOCAL lock_timeout = '3s'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    let (taken, ()) = tokio::join!(
+        tx.xact_lock_exclusive_timeout([free, busy], Duration::from_secs(60)),
+        async {
+            until_waiting(&mut observer, pid).await;
+            sqlx::query("SELECT pg_advisory_unlock_all()")
+                .execute(&mut holder)
+                .await
+                .unwrap();
+        }
+    );
+    assert!(taken.unwrap());
+    assert_eq!(held(&mut observer, pid, free).await, Held::Exclusive);
+    assert_eq!(held(&mut observer, pid, busy).await, Held::Exclusive);
+    let lock_timeout: String = sqlx::query_scalar("SHOW lock_timeout")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(lock_timeout, "3s");
+    tx.commit().await.unwrap();
+    assert!(is_free(free).await && is_free(busy).await);
+}

@@ -89,7 +89,7 @@ pub(crate) async fn acquire(
     };
     let token = flight.token;
     let taken = match (ids, patience) {
-        ([id], Patience::None) => try_one(flight.conn, *id, shared)
+        ([id], Patience::None) => try_one(flight.conn, *id, shared, Level::Session)
             .await
             .map(|taken| if taken { Taken::AtOnce } else { Taken::No })
             .map_err(Failure::Statement),
@@ -97,7 +97,7 @@ pub(crate) async fn acquire(
             Some(taken) => taken,
             // No session functions: try, and wait in the anonymous block
             // only if the id is busy.
-            None => match try_one(flight.conn, *id, shared).await {
+            None => match try_one(flight.conn, *id, shared, Level::Session).await {
                 Ok(true) => Ok(Taken::AtOnce),
                 Ok(false) => run_block(flight.conn, ids, shared, &|| wait(patience), token).await,
                 Err(e) => Err(Failure::Statement(e)),
@@ -135,13 +135,40 @@ enum Failure {
     Statement(Error),
 }
 
-async fn try_one(conn: &mut PgConnection, id: LockId, shared: bool) -> Result<bool, Error> {
-    let query = sqlx::query_scalar::<_, bool>(sql::try_one(id, shared));
-    let query = match id {
-        LockId::Int8(key) => query.bind(key),
-        LockId::Int4Pair(key1, key2) => query.bind(key1).bind(key2),
+/// Binds one id's key(s), the first parameters of every single-id
+/// statement; a macro, as the statements are of two types.
+macro_rules! bind_id {
+    ($query:expr, $id:expr) => {
+        match $id {
+            LockId::Int8(key) => $query.bind(key),
+            LockId::Int4Pair(key1, key2) => $query.bind(key1).bind(key2),
+        }
     };
-    query.fetch_one(conn).await.map_err(Error::from_sqlx)
+}
+
+/// Binds the arrays a statement for ids of these forms takes (see
+/// [`sql::unlock_many`]); a macro, as the statements are of two types.
+macro_rules! bind_forms {
+    ($query:expr, $forms:expr, $arrays:expr) => {{
+        let (int8, first, second) = $arrays;
+        match $forms {
+            Forms::Int8 => $query.bind(int8),
+            Forms::Pairs => $query.bind(first).bind(second),
+            Forms::Mixed => $query.bind(int8).bind(first).bind(second),
+        }
+    }};
+}
+
+async fn try_one(
+    conn: &mut PgConnection,
+    id: LockId,
+    shared: bool,
+    level: Level,
+) -> Result<bool, Error> {
+    bind_id!(sqlx::query_scalar(sql::try_one(id, shared, level)), id)
+        .fetch_one(conn)
+        .await
+        .map_err(Error::from_sqlx)
 }
 
 /// Takes one id, waiting if it is busy, in one statement that calls the
@@ -191,12 +218,10 @@ impl Call<'_> {
                 .await
             }
             Call::One(id) => {
-                let query = sqlx::query_scalar(sql::lock_one(id, shared));
-                let query = match id {
-                    LockId::Int8(key) => query.bind(key),
-                    LockId::Int4Pair(key1, key2) => query.bind(key1).bind(key2),
-                };
-                query.bind(wait.micros()).fetch_one(conn).await
+                bind_id!(sqlx::query_scalar(sql::lock_one(id, shared)), id)
+                    .bind(wait.micros())
+                    .fetch_one(conn)
+                    .await
             }
         }
     }
@@ -288,20 +313,6 @@ fn outcome_of(outcome: &str, token: &str) -> Result<Taken, Failure> {
     }
 }
 
-/// Binds the arrays a statement for ids of these forms takes (see
-/// [`sql::unlock_many`]); a macro, as the statements are of two types.
-macro_rules! bind_forms {
-    ($query:expr, $forms:expr, $arrays:expr) => {{
-        let (int8, first, second) = $arrays;
-        match $forms {
-            Forms::Int8 => $query.bind(int8),
-            Forms::Pairs => $query.bind(first).bind(second),
-            Forms::Mixed => $query.bind(int8).bind(first).bind(second),
-        }
-    }};
-}
-use bind_forms;
-
 /// The ids as the three parallel arrays the statements bind: `int8`,
 /// first `int4`, second `int4`, NULL where an id is of the other form.
 type IdArrays = (Vec<Option<i64>>, Vec<Option<i32>>, Vec<Option<i32>>);
@@ -349,15 +360,7 @@ pub(crate) async fn acquire_xact(
     match ids {
         [] => Ok(true),
         [id] => {
-            let query = sqlx::query_scalar::<_, bool>(sql::try_one_xact(*id, shared));
-            let query = match *id {
-                LockId::Int8(key) => query.bind(key),
-                LockId::Int4Pair(key1, key2) => query.bind(key1).bind(key2),
-            };
-            let taken = query
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(Error::from_sqlx)?;
+            let taken = try_one(conn, *id, shared, Level::Transaction).await?;
             if taken || matches!(patience, Patience::None) {
                 return Ok(taken);
             }
@@ -401,12 +404,10 @@ pub(crate) async fn release(
     let token = token.to_string();
     let released = match ids {
         [id] => {
-            let query = sqlx::query(sql::unlock_one(*id, shared));
-            let query = match *id {
-                LockId::Int8(key) => query.bind(key),
-                LockId::Int4Pair(key1, key2) => query.bind(key1).bind(key2),
-            };
-            query.bind(token).execute(&mut *flight.conn).await
+            bind_id!(sqlx::query(sql::unlock_one(*id, shared)), *id)
+                .bind(token)
+                .execute(&mut *flight.conn)
+                .await
         }
         _ => {
             let forms = Forms::of(ids);

@@ -56,15 +56,27 @@ const fn suffix(shared: bool) -> &'static str {
     if shared { "_shared" } else { "" }
 }
 
-/// Tries one id; returns whether it was taken. Bind: the key(s). 1 round
-/// trip, the same statement as hand-written SQL. A single id needs no
-/// token: see [`cleanup_if_held`].
-pub(crate) const fn try_one(id: LockId, shared: bool) -> &'static str {
-    match (id, shared) {
-        (LockId::Int8(_), false) => "SELECT pg_try_advisory_lock($1)",
-        (LockId::Int8(_), true) => "SELECT pg_try_advisory_lock_shared($1)",
-        (LockId::Int4Pair(..), false) => "SELECT pg_try_advisory_lock($1, $2)",
-        (LockId::Int4Pair(..), true) => "SELECT pg_try_advisory_lock_shared($1, $2)",
+/// Tries one id at session or transaction level; returns whether it was
+/// taken. Bind: the key(s). 1 round trip, the same statement as
+/// hand-written SQL. A single id needs no token: see [`cleanup_if_held`].
+pub(crate) const fn try_one(id: LockId, shared: bool, level: Level) -> &'static str {
+    match (level, id, shared) {
+        (Level::Session, LockId::Int8(_), false) => "SELECT pg_try_advisory_lock($1)",
+        (Level::Session, LockId::Int8(_), true) => "SELECT pg_try_advisory_lock_shared($1)",
+        (Level::Session, LockId::Int4Pair(..), false) => "SELECT pg_try_advisory_lock($1, $2)",
+        (Level::Session, LockId::Int4Pair(..), true) => {
+            "SELECT pg_try_advisory_lock_shared($1, $2)"
+        }
+        (Level::Transaction, LockId::Int8(_), false) => "SELECT pg_try_advisory_xact_lock($1)",
+        (Level::Transaction, LockId::Int8(_), true) => {
+            "SELECT pg_try_advisory_xact_lock_shared($1)"
+        }
+        (Level::Transaction, LockId::Int4Pair(..), false) => {
+            "SELECT pg_try_advisory_xact_lock($1, $2)"
+        }
+        (Level::Transaction, LockId::Int4Pair(..), true) => {
+            "SELECT pg_try_advisory_xact_lock_shared($1, $2)"
+        }
     }
 }
 
@@ -197,6 +209,13 @@ pub(crate) const fn pg_locks_mode(shared: bool) -> &'static str {
     if shared { "ShareLock" } else { "ExclusiveLock" }
 }
 
+/// Session-level or transaction-level locks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Level {
+    Session,
+    Transaction,
+}
+
 /// What an acquire body reports.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -257,17 +276,6 @@ fn id_arrays(ids: &[LockId]) -> (String, String, String) {
         s.push_str("}'");
     }
     (k, a, b)
-}
-
-/// Tries one id at transaction level; returns whether it was taken.
-/// 1 round trip.
-pub(crate) const fn try_one_xact(id: LockId, shared: bool) -> &'static str {
-    match (id, shared) {
-        (LockId::Int8(_), false) => "SELECT pg_try_advisory_xact_lock($1)",
-        (LockId::Int8(_), true) => "SELECT pg_try_advisory_xact_lock_shared($1)",
-        (LockId::Int4Pair(..), false) => "SELECT pg_try_advisory_xact_lock($1, $2)",
-        (LockId::Int4Pair(..), true) => "SELECT pg_try_advisory_xact_lock_shared($1, $2)",
-    }
 }
 
 /// SQLSTATE a block raises to give back its transaction-level locks: they
@@ -413,22 +421,16 @@ fn session_body(shared: bool) -> String {
     let m = suffix(shared);
     let granted = granted_to_session("k[w]", "a[w]", "b[w]", shared);
     let give_back = give_back(m);
+    let next_timeout = next_lock_timeout("EXIT;");
     format!(
-        "IF wait_us > 0 THEN \
-           saved := current_setting('lock_timeout'); \
-           deadline := clock_timestamp() + make_interval(secs => wait_us::float8 / 1000000); \
-         END IF; \
+        "IF wait_us > 0 THEN {START_DEADLINE} END IF; \
          BEGIN \
            FOR i IN 1..greatest(cardinality(k), cardinality(a)) LOOP \
              IF NOT (CASE WHEN a[i] IS NULL THEN pg_try_advisory_lock{m}(k[i]) \
                           ELSE pg_try_advisory_lock{m}(a[i], b[i]) END) \
              THEN \
                IF wait_us = 0 THEN EXIT; END IF; \
-               IF wait_us > 0 THEN \
-                 left_ms := ceil(extract(epoch FROM deadline - clock_timestamp()) * 1000); \
-                 IF left_ms <= 0 THEN EXIT; END IF; \
-                 recorded := set_config('lock_timeout', left_ms || 'ms', true); \
-               END IF; \
+               IF wait_us > 0 THEN {next_timeout} END IF; \
                w := i; waited := true; \
                IF a[i] IS NULL THEN PERFORM pg_advisory_lock{m}(k[i]); \
                ELSE PERFORM pg_advisory_lock{m}(a[i], b[i]); END IF; \
@@ -463,55 +465,54 @@ fn session_body(shared: bool) -> String {
     )
 }
 
-/// The transaction-level acquire, as PL/pgSQL statements over `k`, `a`, `b`
-/// and `wait_us`: the locks are taken inside a block whose subtransaction,
-/// rolled back on any error or when an id is busy, gives every one of them
-/// back. Leaves the outcome in `outcome`.
-fn xact_body(shared: bool) -> String {
-    let m = suffix(shared);
+/// Starts a deadline `wait_us` microseconds from now, and saves the
+/// session's `lock_timeout` to restore.
+const START_DEADLINE: &str = "\
+    saved := current_setting('lock_timeout'); \
+    deadline := clock_timestamp() + make_interval(secs => wait_us::float8 / 1000000);";
+
+/// Sets `lock_timeout`, for the rest of the statement's transaction, to
+/// what is left before the deadline, and runs `when_spent` if nothing is.
+fn next_lock_timeout(when_spent: &str) -> String {
     format!(
-        "IF wait_us > 0 THEN \
-           saved := current_setting('lock_timeout'); \
-           deadline := clock_timestamp() + make_interval(secs => wait_us::float8 / 1000000); \
-         END IF; \
+        "left_ms := ceil(extract(epoch FROM deadline - clock_timestamp()) * 1000); \
+         IF left_ms <= 0 THEN {when_spent} END IF; \
+         recorded := set_config('lock_timeout', left_ms || 'ms', true);"
+    )
+}
+
+/// The transaction-level acquire with a deadline (`wait_us` > 0), as
+/// PL/pgSQL statements over `k`, `a`, `b` and `wait_us`: the locks are taken
+/// inside a block whose subtransaction, rolled back on any error or when
+/// time runs out, gives every one of them back, and the `lock_timeout` it
+/// set with them. Leaves the outcome in `outcome`. Without a deadline,
+/// [`xact_block`] does the same in one statement.
+fn xact_timed_body(shared: bool) -> String {
+    let m = suffix(shared);
+    let next_timeout = next_lock_timeout(&format!(
+        "RAISE EXCEPTION USING ERRCODE = '{BUSY_SQLSTATE}';"
+    ));
+    format!(
+        "{START_DEADLINE} \
          BEGIN \
            FOR i IN 1..cardinality(k) LOOP \
              IF NOT (CASE WHEN a[i] IS NULL THEN pg_try_advisory_xact_lock{m}(k[i]) \
                           ELSE pg_try_advisory_xact_lock{m}(a[i], b[i]) END) \
              THEN \
-               IF wait_us = 0 THEN RAISE EXCEPTION USING ERRCODE = '{BUSY_SQLSTATE}'; END IF; \
-               IF wait_us > 0 THEN \
-                 left_ms := ceil(extract(epoch FROM deadline - clock_timestamp()) * 1000); \
-                 IF left_ms <= 0 THEN RAISE EXCEPTION USING ERRCODE = '{BUSY_SQLSTATE}'; END IF; \
-                 recorded := set_config('lock_timeout', left_ms || 'ms', true); \
-               END IF; \
+               {next_timeout} \
                IF a[i] IS NULL THEN PERFORM pg_advisory_xact_lock{m}(k[i]); \
                ELSE PERFORM pg_advisory_xact_lock{m}(a[i], b[i]); END IF; \
              END IF; \
            END LOOP; \
-           IF wait_us > 0 THEN recorded := set_config('lock_timeout', saved, true); END IF; \
+           recorded := set_config('lock_timeout', saved, true); \
            outcome := 'acquired'; \
          EXCEPTION \
            WHEN SQLSTATE '{BUSY_SQLSTATE}' THEN outcome := 'busy'; \
            WHEN OTHERS OR query_canceled THEN \
-             outcome := CASE WHEN wait_us > 0 AND SQLSTATE = '55P03' THEN 'busy' \
+             outcome := CASE WHEN SQLSTATE = '55P03' THEN 'busy' \
                              ELSE SQLSTATE || ' ' || SQLERRM END; \
          END;"
     )
-}
-
-/// Which acquire an anonymous block runs.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Level {
-    Session,
-    Transaction,
-}
-
-fn body(level: Level, shared: bool) -> String {
-    match level {
-        Level::Session => session_body(shared),
-        Level::Transaction => xact_body(shared),
-    }
 }
 
 /// The acquire of `ids` as an anonymous block with the ids written in as
@@ -528,10 +529,13 @@ pub(crate) fn acquire_block(
     token: u64,
 ) -> String {
     let (k, a, b) = id_arrays(ids);
-    if let (Level::Transaction, Wait::No | Wait::Forever) = (level, wait) {
-        return xact_block(&k, &a, &b, shared, wait);
-    }
-    let body = body(level, shared);
+    let body = match (level, wait) {
+        (Level::Session, _) => session_body(shared),
+        (Level::Transaction, Wait::Until(_)) => xact_timed_body(shared),
+        (Level::Transaction, Wait::No | Wait::Forever) => {
+            return xact_block(&k, &a, &b, shared, wait);
+        }
+    };
     let wait_us = wait.micros();
     format!(
         "DO $alock$ DECLARE \
