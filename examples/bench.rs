@@ -281,11 +281,19 @@ impl Bench {
         let conn = &mut self.conn;
         let key = self.keys[0];
         let keys = &self.keys;
+        // What alock takes: the first key in the one-key cases, all ten
+        // otherwise.
+        let ids = match self.case {
+            Case::OneKey | Case::OneKeyGuard | Case::TimeoutOneKey | Case::XactInTransaction => {
+                &keys[..1]
+            }
+            _ => &keys[..],
+        };
         match (self.case, self.side) {
-            (Case::OneKey, Side::Alock) => {
+            (Case::OneKey | Case::TenKeys, Side::Alock) => {
                 meter.start();
                 for _ in 0..n {
-                    let mut lock = ExclusiveLock::new(&mut *conn, key);
+                    let mut lock = ExclusiveLock::new(&mut *conn, ids);
                     lock.acquire().await?;
                     lock.release().await?;
                 }
@@ -310,26 +318,10 @@ impl Bench {
                 }
                 meter.stop();
             }
-            (Case::OneKeyGuard, Side::Alock) => {
+            (Case::OneKeyGuard | Case::TenKeysGuard, Side::Alock) => {
                 meter.start();
                 for _ in 0..n {
-                    conn.lock_exclusive(key).await?.release().await?;
-                }
-                meter.stop();
-            }
-            (Case::TenKeysGuard, Side::Alock) => {
-                meter.start();
-                for _ in 0..n {
-                    conn.lock_exclusive(keys).await?.release().await?;
-                }
-                meter.stop();
-            }
-            (Case::TenKeys, Side::Alock) => {
-                meter.start();
-                for _ in 0..n {
-                    let mut lock = ExclusiveLock::new(&mut *conn, keys);
-                    lock.acquire().await?;
-                    lock.release().await?;
+                    conn.lock_exclusive(ids).await?.release().await?;
                 }
                 meter.stop();
             }
@@ -422,11 +414,11 @@ impl Bench {
                 }
                 meter.stop();
             }
-            (Case::TimeoutOneKey, Side::Alock) => {
+            (Case::TimeoutOneKey | Case::TimeoutTenKeys, Side::Alock) => {
                 meter.start();
                 for _ in 0..n {
-                    let mut lock = ExclusiveLock::new(&mut *conn, key);
-                    assert!(lock.acquire_timeout(TIMEOUT).await?, "the key is free");
+                    let mut lock = ExclusiveLock::new(&mut *conn, ids);
+                    assert!(lock.acquire_timeout(TIMEOUT).await?, "the keys are free");
                     lock.release().await?;
                 }
                 meter.stop();
@@ -446,15 +438,6 @@ impl Bench {
                 }
                 meter.stop();
             }
-            (Case::TimeoutTenKeys, Side::Alock) => {
-                meter.start();
-                for _ in 0..n {
-                    let mut lock = ExclusiveLock::new(&mut *conn, keys);
-                    assert!(lock.acquire_timeout(TIMEOUT).await?, "the keys are free");
-                    lock.release().await?;
-                }
-                meter.stop();
-            }
             (Case::TimeoutTenKeys, Side::Raw) => {
                 meter.start();
                 for _ in 0..n {
@@ -470,11 +453,11 @@ impl Bench {
                 }
                 meter.stop();
             }
-            (Case::XactInTransaction, Side::Alock) => {
+            (Case::XactInTransaction | Case::XactInTransactionTenKeys, Side::Alock) => {
                 for _ in 0..n {
                     let mut tx = conn.begin().await?;
                     meter.start();
-                    tx.xact_lock_exclusive(key).await?;
+                    tx.xact_lock_exclusive(ids).await?;
                     meter.stop();
                     tx.commit().await?;
                 }
@@ -487,15 +470,6 @@ impl Bench {
                         .bind(key)
                         .execute(&mut *tx)
                         .await?;
-                    meter.stop();
-                    tx.commit().await?;
-                }
-            }
-            (Case::XactInTransactionTenKeys, Side::Alock) => {
-                for _ in 0..n {
-                    let mut tx = conn.begin().await?;
-                    meter.start();
-                    tx.xact_lock_exclusive(keys).await?;
                     meter.stop();
                     tx.commit().await?;
                 }
