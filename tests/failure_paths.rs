@@ -206,6 +206,34 @@ async fn full_lock_table_is_typed_and_leaves_nothing_of_the_call() {
         Held::Exclusive
     );
 
+    // One id, when the table is full: the try fails as a statement, and the
+    // cleanup it leaves armed must not fail in turn on the next query.
+    fill_leaving_room_for_two(&mut filler).await;
+    for key in [2_000_000_i64, 2_000_001] {
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut filler)
+            .await
+            .unwrap();
+    }
+    let mut lone = ExclusiveLock::new(&mut prior, LockId::Int8(-5));
+    let err = lone.acquire().await.unwrap_err();
+    assert!(matches!(err, Error::LockTableFull(_)), "{err:?}");
+    drop(lone);
+    assert_answers(
+        prior.as_mut(),
+        "the single-id cleanup failed on a full table",
+    )
+    .await;
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut filler)
+        .await
+        .unwrap();
+    assert_eq!(
+        held(&mut observer, victim_pid, LockId::Int8(-5)).await,
+        Held::Nothing
+    );
+
     fill_leaving_room_for_two(&mut filler).await;
     let mut try_lock = ExclusiveLock::new(&mut prior, ids);
     let result = try_lock.try_acquire().await;
@@ -362,4 +390,49 @@ async fn a_dropped_single_wait_gives_back_only_its_own_grant() {
     shared.release().await.unwrap();
     drop(shared);
     assert!(is_free(id).await);
+}
+
+#[tokio::test]
+async fn a_single_id_deadlock_is_typed_and_leaves_the_other_holds() {
+    let [x, y] = unique_keys(2).try_into().unwrap();
+    let mut observer = connect().await;
+    let mut first = connect().await;
+    let first_pid = backend_pid(&mut first).await;
+    sqlx::query("SET deadlock_timeout = '10s'")
+        .execute(&mut first)
+        .await
+        .unwrap();
+    let mut second = connect().await;
+    let second_pid = backend_pid(&mut second).await;
+    sqlx::query("SET deadlock_timeout = '50ms'")
+        .execute(&mut second)
+        .await
+        .unwrap();
+    let mut first_x = ExclusiveLock::new(first, x);
+    first_x.acquire().await.unwrap();
+    let mut second_y = ExclusiveLock::new(second, y);
+    second_y.acquire().await.unwrap();
+
+    let first_waits = tokio::spawn(async move {
+        let mut first_y = ExclusiveLock::new(&mut first_x, y);
+        first_y.acquire().await.unwrap();
+        first_y.release().await.unwrap();
+        drop(first_y);
+        first_x
+    });
+    until_waiting(&mut observer, first_pid).await;
+
+    let err = ExclusiveLock::new(&mut second_y, x)
+        .acquire()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Deadlock(_)), "{err:?}");
+    assert_eq!(held(&mut observer, second_pid, x).await, Held::Nothing);
+    assert_eq!(held(&mut observer, second_pid, y).await, Held::Exclusive);
+    assert_answers(second_y.as_mut(), "the deadlock left an error behind").await;
+
+    second_y.release().await.unwrap();
+    let mut first_x = first_waits.await.unwrap();
+    first_x.release().await.unwrap();
+    assert!(is_free(x).await && is_free(y).await);
 }
