@@ -5,15 +5,17 @@
 //! cargo run --release --example bench
 //! ```
 //!
-//! Every case runs against the same server, interleaved: each round runs one
-//! batch of every case and side, the cases in an order shuffled afresh each
-//! round and the sides of a case back to back, also shuffled (from a fixed
-//! seed), and the table reports, per case and side, the median over rounds of
-//! the time per operation; a ratio is the median of the per-round ratios of
-//! two sides that ran back to back. Each side uses a session of its own;
-//! statements are prepared before the first round. The round trips column is
-//! counted on the wire (through `alock_dev::RoundTrips`) in a separate pass,
-//! so the proxy never slows the timed runs.
+//! Every case runs against the same server, on the same session, interleaved:
+//! each round runs every case, in an order shuffled afresh each round (from a
+//! fixed seed), and within a case the sides take turns, one operation each,
+//! in an order shuffled for every turn, until each has run a batch. The
+//! table reports, per case and side, the median over rounds of the time per
+//! operation; a ratio is the median of the per-round ratios of two sides.
+//! Statements are prepared before the first round. A control side runs the
+//! 10-key raw SQL against itself, on keys of its own: its ratio to raw SQL
+//! shows what the run can tell apart. The round trips column is counted on
+//! the wire (through `alock_dev::RoundTrips`) in a separate pass, so the
+//! proxy never slows the timed runs.
 //!
 //! The cases: acquire + release of 1 and 10 free keys, a re-entrant acquire +
 //! release, a `try_acquire` of 10 keys that fails on the 10th, a timed acquire
@@ -179,7 +181,8 @@ impl Case {
     /// The sides this case runs itself.
     fn sides(self) -> &'static [Side] {
         match self {
-            Case::OneKey | Case::TenKeys | Case::Reentrant | Case::TryFailsOnTenth => {
+            Case::TenKeys => &[Side::Alock, Side::Raw, Side::Sqlx, Side::Control],
+            Case::OneKey | Case::Reentrant | Case::TryFailsOnTenth => {
                 &[Side::Alock, Side::Raw, Side::Sqlx]
             }
             Case::OneKeyGuard | Case::TenKeysGuard => &[Side::Alock],
@@ -216,6 +219,9 @@ enum Side {
     Alock,
     Raw,
     Sqlx,
+    /// Raw SQL again, on keys of its own: what the benchmark reads when both
+    /// sides do the same work (the 10-key case only).
+    Control,
 }
 
 /// Hands out int8 keys no other process and no test uses.
@@ -243,18 +249,18 @@ impl Keys {
     }
 }
 
-/// One side of one case: its own session and keys.
+/// One side of one case: its own keys. Every side runs on the same session,
+/// passed to [`Bench::run`].
 struct Bench {
     case: Case,
     side: Side,
-    conn: PgConnection,
     keys: Vec<i64>,
     /// Another session, holding the last key, for the case that needs one.
     _holder: Option<PgConnection>,
 }
 
 impl Bench {
-    async fn open(case: Case, side: Side, url: &str, keys: &mut Keys) -> Result<Bench, BoxError> {
+    async fn open(case: Case, side: Side, keys: &mut Keys) -> Result<Bench, BoxError> {
         let keys = keys.take(10);
         let holder = if case == Case::TryFailsOnTenth {
             let mut holder = PgConnection::connect(database_url()).await?;
@@ -269,7 +275,6 @@ impl Bench {
         Ok(Bench {
             case,
             side,
-            conn: PgConnection::connect(url).await?,
             keys,
             _holder: holder,
         })
@@ -277,8 +282,12 @@ impl Bench {
 
     /// Runs `n` operations, timing (and counting) only the operations
     /// themselves, not the setup some cases need around them.
-    async fn run(&mut self, n: usize, meter: &mut Meter<'_>) -> Result<(), BoxError> {
-        let conn = &mut self.conn;
+    async fn run(
+        &mut self,
+        conn: &mut PgConnection,
+        n: usize,
+        meter: &mut Meter<'_>,
+    ) -> Result<(), BoxError> {
         let key = self.keys[0];
         let keys = &self.keys;
         // What alock takes: the first key in the one-key cases, all ten
@@ -325,7 +334,7 @@ impl Bench {
                 }
                 meter.stop();
             }
-            (Case::TenKeys, Side::Raw) => {
+            (Case::TenKeys, Side::Raw | Side::Control) => {
                 meter.start();
                 for _ in 0..n {
                     sqlx::query(raw::LOCK_MANY)
@@ -725,16 +734,20 @@ async fn main() -> Result<(), BoxError> {
     let mut keys = Keys::new();
     let trips = count_round_trips(&settings.cases, url, &mut keys).await?;
 
+    // Every side of every case runs on `conn`: identical statements on two
+    // sessions of this machine differ by up to a third in time, depending on
+    // where the scheduler places each backend, which a comparison of two
+    // sessions would read as a difference between the sides.
     let mut benches = Vec::new();
     for &case in &settings.cases {
         for &side in case.sides() {
-            benches.push(Bench::open(case, side, url, &mut keys).await?);
+            benches.push(Bench::open(case, side, &mut keys).await?);
         }
     }
     // Warm up: sqlx prepares each statement on first use.
     for bench in &mut benches {
         let n = settings.ops(bench.case, bench.side).min(1000);
-        bench.run(n, &mut Meter::new(None)).await?;
+        bench.run(&mut conn, n, &mut Meter::new(None)).await?;
     }
     let mut series: Vec<Series> = benches
         .iter()
@@ -747,8 +760,8 @@ async fn main() -> Result<(), BoxError> {
         })
         .collect();
     let started = Instant::now();
-    // The sides a ratio compares run back to back: a group is a case with
-    // the cases measured against its sides (the guard forms).
+    // The sides a ratio compares run together: a group is a case with the
+    // cases measured against its sides (the guard forms).
     let mut groups: Vec<Vec<usize>> = Vec::new();
     for (i, bench) in benches.iter().enumerate() {
         let base = bench.case.baseline();
@@ -763,16 +776,32 @@ async fn main() -> Result<(), BoxError> {
     let mut seed = 0x616c_6f63_6b00_0001_u64;
     for _ in 0..settings.rounds {
         shuffle(&mut groups, &mut seed);
-        for group in &mut groups {
-            shuffle(group, &mut seed);
-            for &i in group.iter() {
-                let bench = &mut benches[i];
-                let n = settings.ops(bench.case, bench.side);
-                let mut meter = Meter::new(None);
-                bench.run(n, &mut meter).await?;
+        for group in &groups {
+            let mut meters: Vec<Meter> = group.iter().map(|_| Meter::new(None)).collect();
+            // The sides that never reach the server run a batch each; those
+            // that do take turns, one operation each, in an order shuffled
+            // for every turn, so that both sides of a ratio meet the same
+            // moments of the machine.
+            let (local, mut turns): (Vec<usize>, Vec<usize>) = (0..group.len())
+                .partition(|&j| benches[group[j]].case.local(benches[group[j]].side));
+            for &j in &local {
+                benches[group[j]]
+                    .run(&mut conn, settings.cpu_batch, &mut meters[j])
+                    .await?;
+            }
+            if !turns.is_empty() {
+                for _ in 0..settings.batch {
+                    shuffle(&mut turns, &mut seed);
+                    for &j in &turns {
+                        benches[group[j]].run(&mut conn, 1, &mut meters[j]).await?;
+                    }
+                }
+            }
+            for (j, &i) in group.iter().enumerate() {
+                let n = settings.ops(benches[i].case, benches[i].side);
                 series[i]
                     .per_op
-                    .push(meter.elapsed.as_nanos() as f64 / n as f64);
+                    .push(meters[j].elapsed.as_nanos() as f64 / n as f64);
             }
         }
     }
@@ -831,10 +860,11 @@ async fn count_round_trips(
     let mut trips = Vec::new();
     for &case in cases {
         for &side in case.sides() {
-            let mut bench = Bench::open(case, side, proxy.url(), keys).await?;
-            bench.run(1, &mut Meter::new(None)).await?;
+            let mut conn = PgConnection::connect(proxy.url()).await?;
+            let mut bench = Bench::open(case, side, keys).await?;
+            bench.run(&mut conn, 1, &mut Meter::new(None)).await?;
             let mut meter = Meter::new(Some(&proxy));
-            bench.run(10, &mut meter).await?;
+            bench.run(&mut conn, 10, &mut meter).await?;
             trips.push(meter.trips as f64 / 10.0);
         }
     }
@@ -926,10 +956,10 @@ async fn handoff_runs(
         *trips = (proxy.count() - before) as f64 / (10 * settings.sessions) as f64;
     }
 
-    let mut alock_conns = connect_all(url, settings.sessions).await?;
-    let mut raw_conns = connect_all(url, settings.sessions).await?;
-    let alock_pids = backend_pids(&mut alock_conns).await?;
-    let raw_pids = backend_pids(&mut raw_conns).await?;
+    // Both sides run on the same sessions, for the reason the interleaved
+    // cases share one.
+    let mut conns = connect_all(url, settings.sessions).await?;
+    let pids = backend_pids(&mut conns).await?;
     let started = Instant::now();
     let mut result = Handoffs {
         alock: Vec::new(),
@@ -951,19 +981,12 @@ async fn handoff_runs(
             [Side::Raw, Side::Alock]
         };
         for side in order {
-            let conns = match side {
-                Side::Alock => std::mem::take(&mut alock_conns),
-                _ => std::mem::take(&mut raw_conns),
-            };
             let before = counter.read().await?;
-            let pids = match side {
-                Side::Alock => &alock_pids,
-                _ => &raw_pids,
-            };
-            let cpu_before = cpu_now(pids);
+            let cpu_before = cpu_now(&pids);
             let begun = Instant::now();
-            let run_all = handoff_run(side, conns, key, &counter, per_session);
-            let (conns, run_waited) = tokio::time::timeout(settings.handoff_limit, run_all)
+            let run_all = handoff_run(side, std::mem::take(&mut conns), key, &counter, per_session);
+            let run_waited;
+            (conns, run_waited) = tokio::time::timeout(settings.handoff_limit, run_all)
                 .await
                 .map_err(|_| {
                     format!(
@@ -972,7 +995,7 @@ async fn handoff_runs(
                     )
                 })??;
             let rate = total as f64 / begun.elapsed().as_secs_f64();
-            let cpu_after = cpu_now(pids);
+            let cpu_after = cpu_now(&pids);
             let per_handoff = |before: u64, after: u64| {
                 after.saturating_sub(before) as f64 * 10_000.0 / total as f64
             };
@@ -990,7 +1013,6 @@ async fn handoff_runs(
             assert_eq!(after - before, total as i64, "every handoff counted once");
             match side {
                 Side::Alock => {
-                    alock_conns = conns;
                     if run > 0 {
                         result.alock.push(rate);
                         result.alock_cpu.push(cpu);
@@ -998,7 +1020,6 @@ async fn handoff_runs(
                     }
                 }
                 _ => {
-                    raw_conns = conns;
                     if run > 0 {
                         result.raw.push(rate);
                         result.raw_cpu.push(cpu);
@@ -1204,6 +1225,21 @@ fn print_table(cases: &[Case], series: &[Series]) {
             time(Some(alock)),
             time(raw),
             time(sqlx),
+        );
+    }
+    if let (Some(control), Some(raw)) = (
+        find(series, Case::TenKeys, Side::Control),
+        find(series, Case::TenKeys, Side::Raw),
+    ) {
+        let (m, lo, hi) = ratio(control, raw);
+        println!();
+        println!(
+            "Control: raw SQL against itself (the 10-key statements, on keys of their own, \
+             taking turns with the other sides): {} ({}–{}). A ratio this close to 1 is \
+             within what the run can tell apart.",
+            show_ratio(m),
+            show_ratio(lo),
+            show_ratio(hi)
         );
     }
 }
