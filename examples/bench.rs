@@ -40,8 +40,8 @@
 //! | `BENCH_BATCH` | 60 | operations per batch, cases that talk to the server |
 //! | `BENCH_CPU_BATCH` | 200000 | operations per batch, cases that do not |
 //! | `BENCH_SESSIONS` | 8 | sessions taking turns in the handoff case |
-//! | `BENCH_HANDOFFS` | 3200 | handoffs per handoff run (all sessions together) |
-//! | `BENCH_HANDOFF_ROUNDS` | 9 | handoff runs per side, alternating sides |
+//! | `BENCH_HANDOFFS` | 1600 | handoffs per handoff run (all sessions together) |
+//! | `BENCH_HANDOFF_ROUNDS` | 21 | handoff runs per side, the sides taking turns |
 //! | `BENCH_HANDOFF_LIMIT_SECS` | 60 | a handoff run taking longer is an error |
 //!
 //! Keys are int8 ids made of a fixed tag, this process's id and a counter, so
@@ -678,8 +678,8 @@ impl Settings {
             batch: var("BENCH_BATCH", 60)?,
             cpu_batch: var("BENCH_CPU_BATCH", 200_000)?,
             sessions: var("BENCH_SESSIONS", 8)?,
-            handoffs: var("BENCH_HANDOFFS", 3200)?,
-            handoff_rounds: var("BENCH_HANDOFF_ROUNDS", 9)?,
+            handoffs: var("BENCH_HANDOFFS", 1600)?,
+            handoff_rounds: var("BENCH_HANDOFF_ROUNDS", 21)?,
             handoff_limit: Duration::from_secs(var("BENCH_HANDOFF_LIMIT_SECS", 60)? as u64),
         })
     }
@@ -875,6 +875,9 @@ struct Handoffs {
     /// Handoffs per second, one per run.
     alock: Vec<f64>,
     raw: Vec<f64>,
+    /// Raw SQL again, taking turns with the other two: what the runs read
+    /// when both sides do the same work.
+    control: Vec<f64>,
     /// The share of alock's acquires that had to wait (`LockGuard::waited`),
     /// over all timed runs.
     alock_waited: f64,
@@ -964,6 +967,7 @@ async fn handoff_runs(
     let mut result = Handoffs {
         alock: Vec::new(),
         raw: Vec::new(),
+        control: Vec::new(),
         alock_waited: 0.0,
         alock_trips: trips[0],
         raw_trips: trips[1],
@@ -972,14 +976,12 @@ async fn handoff_runs(
         elapsed: Duration::ZERO,
     };
     let mut waited = 0;
-    // One warm-up run per side (run 0), then alternate, each side going
-    // first every other run.
+    // One warm-up run per side (run 0), then the sides take turns, in an
+    // order shuffled for every turn. The control side runs raw SQL again.
+    let mut order = [Side::Alock, Side::Raw, Side::Control];
+    let mut seed = 0x616c_6f63_6b00_0002_u64;
     for run in 0..=settings.handoff_rounds {
-        let order = if run % 2 == 0 {
-            [Side::Alock, Side::Raw]
-        } else {
-            [Side::Raw, Side::Alock]
-        };
+        shuffle(&mut order, &mut seed);
         for side in order {
             let before = counter.read().await?;
             let cpu_before = cpu_now(&pids);
@@ -1017,6 +1019,11 @@ async fn handoff_runs(
                         result.alock.push(rate);
                         result.alock_cpu.push(cpu);
                         waited += run_waited;
+                    }
+                }
+                Side::Control => {
+                    if run > 0 {
+                        result.control.push(rate);
                     }
                 }
                 _ => {
@@ -1249,7 +1256,7 @@ fn print_handoffs(settings: &Settings, handoffs: &Handoffs) {
     println!(
         "Contended handoffs: {} sessions, one key, lock / UPDATE a counter row / unlock \
          (alock: `conn.lock_exclusive(key)`, `guard.release()`); median over {} runs of {} \
-         handoffs each, the sides alternating. {:.0}% of alock's acquires waited.",
+         handoffs each, the sides taking turns in a shuffled order. {:.0}% of alock's acquires waited.",
         settings.sessions,
         handoffs.alock.len(),
         settings.handoffs.div_ceil(settings.sessions) * settings.sessions,
@@ -1275,6 +1282,13 @@ fn print_handoffs(settings: &Settings, handoffs: &Handoffs) {
         median(&ratios),
         quantile(&ratios, 0.25),
         quantile(&ratios, 0.75)
+    );
+    let control = handoffs.control_ratios();
+    println!(
+        "| control (raw SQL again) / raw | {:.2} | {:.2} – {:.2} (interquartile) | |",
+        median(&control),
+        quantile(&control, 0.25),
+        quantile(&control, 0.75)
     );
     println!();
     println!(
@@ -1304,6 +1318,15 @@ impl Handoffs {
             .iter()
             .zip(&self.raw)
             .map(|(a, r)| a / r)
+            .collect()
+    }
+
+    /// The control's rate over raw SQL's, per turn.
+    fn control_ratios(&self) -> Vec<f64> {
+        self.control
+            .iter()
+            .zip(&self.raw)
+            .map(|(c, r)| c / r)
             .collect()
     }
 }
