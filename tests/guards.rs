@@ -6,8 +6,8 @@ use std::time::Duration;
 use alock::Error;
 use alock::prelude::*;
 use alock_dev::{
-    Held, assert_answers, backend_pid, connect, database_url, held, hold_elsewhere, is_free,
-    set_lock_timeout, unique_key, unique_keys, until_waiting,
+    Held, all_free, assert_answers, backend_pid, connect, database_url, held, hold_elsewhere,
+    is_free, set_lock_timeout, unique_key, unique_keys, until_waiting,
 };
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -548,4 +548,73 @@ async fn a_timed_transaction_lock_waits_and_leaves_lock_timeout_as_it_was() {
     assert_eq!(lock_timeout, "3s");
     tx.commit().await.unwrap();
     assert!(is_free(free).await && is_free(busy).await);
+}
+
+#[tokio::test]
+async fn a_guard_whose_ids_were_released_underneath_reports_it() {
+    let ids = unique_keys(2);
+    let mut conn = connect().await;
+    let mut guard = conn.lock_exclusive(&ids).await.unwrap();
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut *guard)
+        .await
+        .unwrap();
+    assert!(matches!(
+        guard.release().await,
+        Err(Error::Lost {
+            missing: 2,
+            total: 2
+        })
+    ));
+    assert_answers(&mut conn, "the connection works after a lost lock").await;
+    assert!(all_free(&ids).await);
+}
+
+#[tokio::test]
+async fn a_pool_guard_that_lost_its_lock_still_returns_the_connection() {
+    let id = unique_key();
+    let pool = pool_of_one().await;
+    let mut guard = pool.lock_exclusive(id).await.unwrap();
+    let pid = backend_pid(&mut guard).await;
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut *guard)
+        .await
+        .unwrap();
+    assert!(matches!(
+        guard.release().await,
+        Err(Error::Lost {
+            missing: 1,
+            total: 1
+        })
+    ));
+    until_idle(&pool).await;
+    let mut again = pool.acquire().await.unwrap();
+    assert_eq!(
+        backend_pid(&mut again).await,
+        pid,
+        "the connection was closed"
+    );
+    assert!(is_free(id).await);
+}
+
+#[tokio::test]
+async fn with_exclusive_says_when_the_lock_was_lost_while_it_ran() {
+    let id = unique_key();
+    let mut conn = connect().await;
+    let out: Result<(), Error> = conn
+        .with_exclusive(id, async |conn| {
+            sqlx::query("SELECT pg_advisory_unlock_all()")
+                .execute(conn)
+                .await?;
+            Ok(())
+        })
+        .await;
+    assert!(matches!(
+        out,
+        Err(Error::Lost {
+            missing: 1,
+            total: 1
+        })
+    ));
+    assert!(is_free(id).await);
 }

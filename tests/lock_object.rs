@@ -429,3 +429,65 @@ async fn int8_ids_wait_time_out_and_hand_over_like_pairs() {
         lock_on(&mut holder, busy).await;
     }
 }
+
+#[tokio::test]
+async fn a_release_reports_ids_the_session_no_longer_held() {
+    let ids = unique_keys(3);
+    let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
+    let mut lock = ExclusiveLock::new(&mut conn, &ids);
+    lock.acquire().await.unwrap();
+    // Something else on the session gives back one of the three ids, as
+    // an unlock by hand would.
+    let LockId::Int4Pair(key1, key2) = ids[1] else {
+        unreachable!("test keys are pairs")
+    };
+    sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+        .bind(key1)
+        .bind(key2)
+        .execute(lock.connection())
+        .await
+        .unwrap();
+
+    match lock.release().await {
+        Err(Error::Lost {
+            missing: 1,
+            total: 3,
+        }) => {}
+        other => panic!("expected Lost {{ missing: 1, total: 3 }}, got {other:?}"),
+    }
+    assert!(!lock.is_locked());
+    let mut observer = connect().await;
+    for id in &ids {
+        assert_eq!(held(&mut observer, pid, *id).await, Held::Nothing);
+    }
+    assert!(all_free(&ids).await);
+}
+
+#[tokio::test]
+async fn a_release_after_the_session_was_reset_reports_every_id_lost() {
+    let ids = unique_keys(2);
+    let mut lock = ShareLock::new(connect().await, &ids);
+    lock.acquire().await.unwrap();
+    lock.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(lock.connection())
+        .await
+        .unwrap();
+
+    // The re-entrant release only counts; the last one asks the server.
+    lock.release().await.unwrap();
+    assert!(matches!(
+        lock.release().await,
+        Err(Error::Lost {
+            missing: 2,
+            total: 2
+        })
+    ));
+    assert!(matches!(lock.release().await, Err(Error::NotHeld)));
+    // The session works on.
+    lock.acquire().await.unwrap();
+    assert!(!is_free(ids[0]).await && !is_free(ids[1]).await);
+    lock.release().await.unwrap();
+    assert!(all_free(&ids).await);
+}

@@ -18,6 +18,26 @@ pub enum Error {
     #[error("advisory lock is not held")]
     NotHeld,
 
+    /// The server no longer held some of the ids when they were released:
+    /// something else on the session released them first
+    /// (`pg_advisory_unlock_all()`, `DISCARD ALL` or a pooler's reset, an
+    /// unlock by hand). For some time, then, the lock was not held although
+    /// this object or guard was. The ids that were still held are released
+    /// all the same, so afterwards none is held.
+    ///
+    /// The server counts holds per session and mode, not per object: when
+    /// two objects on one session hold an id and one hold is lost, the
+    /// object that releases last is the one told.
+    #[error(
+        "{missing} of {total} advisory lock ids were no longer held by the session when released"
+    )]
+    Lost {
+        /// How many of the unlocks the server answered with `false`.
+        missing: usize,
+        /// How many ids were released.
+        total: usize,
+    },
+
     /// The server's deadlock detector chose this session's wait as the one to
     /// cancel (SQLSTATE 40P01).
     #[error("deadlock detected while waiting for an advisory lock")]

@@ -224,10 +224,11 @@ pub trait AdvisoryLockExt: sealed::Connection {
     ///
     /// `f`'s error, or the lock's errors (as for
     /// [`lock_exclusive`](Self::lock_exclusive)) converted into it, or the
-    /// release's error when `f` succeeded. When `f` fails, its error is
-    /// returned even if the release failed too, which happens only when
-    /// `f` left a transaction failed ([`Error::InFailedTransaction`]): the
-    /// ids then stay with the session.
+    /// release's error when `f` succeeded: [`Error::Lost`] says that
+    /// something released the ids while `f` ran. When `f` fails, its error
+    /// is returned even if the release failed too: the ids stay with the
+    /// session only when `f` left a transaction failed
+    /// ([`Error::InFailedTransaction`]).
     ///
     /// # Cancel safety
     ///

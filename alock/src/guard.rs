@@ -53,10 +53,13 @@ impl<'c> LockGuard<'c> {
     ///
     /// # Errors
     ///
-    /// [`Error::InFailedTransaction`] when the connection is in a failed
-    /// transaction, where the server refuses the unlock and the ids stay with
-    /// the session; [`Error::Database`] when the connection fails, and the
-    /// server frees the ids when it notices the session is gone.
+    /// [`Error::Lost`] when the session no longer held some of the ids:
+    /// something else released them while the guard was alive (the rest are
+    /// released); [`Error::InFailedTransaction`] when the connection is in a
+    /// failed transaction, where the server refuses the unlock and the ids
+    /// stay with the session; [`Error::Database`] when the connection
+    /// fails, and the server frees the ids when it notices the session is
+    /// gone.
     ///
     /// # Cancel safety
     ///
@@ -186,6 +189,9 @@ impl PoolLockGuard {
     ///
     /// # Errors
     ///
+    /// [`Error::Lost`] when the session no longer held some of the ids:
+    /// something else released them while the guard was alive (the rest are
+    /// released, and the connection goes back to the pool);
     /// [`Error::Database`] when the connection fails; it is then closed, not
     /// returned, and the server frees the ids with the session.
     ///
@@ -196,7 +202,10 @@ impl PoolLockGuard {
     pub async fn release(mut self) -> Result<(), Error> {
         let mut conn = self.conn.take().expect(CONN);
         let released = protocol::release(&mut conn, &self.ids, self.shared).await;
-        if released.is_err() {
+        if released
+            .as_ref()
+            .is_err_and(|e| !matches!(e, Error::Lost { .. }))
+        {
             conn.close_on_drop();
         }
         released

@@ -244,7 +244,9 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
     /// # Errors
     ///
     /// [`Error::NotHeld`] when the object is not held (nothing changes);
-    /// [`Error::InFailedTransaction`] when the connection is in a failed
+    /// [`Error::Lost`] when the session no longer held some of the ids
+    /// (something else released them while the object was held; the rest
+    /// are released); [`Error::InFailedTransaction`] when the connection is in a failed
     /// transaction, where the server refuses the unlock and the ids stay
     /// with the session; [`Error::Database`] when the connection fails, and
     /// the server frees the ids when it notices the session is gone. After

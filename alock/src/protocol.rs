@@ -384,7 +384,9 @@ async fn run_xact_block(
     }
 }
 
-/// Releases every id, in reverse order. 1 round trip.
+/// Releases every id, in reverse order. 1 round trip. [`Error::Lost`]
+/// when the server answers an unlock with `false`: it no longer held that
+/// id for this session.
 pub(crate) async fn release(
     conn: &mut PgConnection,
     ids: &[LockId],
@@ -402,24 +404,39 @@ pub(crate) async fn release(
         cleanup: Some(Cleanup::UnlessReleased),
     };
     let token = token.to_string();
-    let released = match ids {
-        [id] => {
-            bind_id!(sqlx::query(sql::unlock_one(*id, shared)), *id)
-                .bind(token)
-                .execute(&mut *flight.conn)
-                .await
-        }
+    // Each unlock's answer: `false` when the session no longer held the id.
+    let released: sqlx::Result<Vec<bool>> = match ids {
+        [id] => bind_id!(sqlx::query_scalar(sql::unlock_one(*id, shared)), *id)
+            .bind(token)
+            .fetch_one(&mut *flight.conn)
+            .await
+            .map(|held| vec![held]),
         _ => {
             let forms = Forms::of(ids);
             let arrays = bind_arrays(ids.iter().rev());
-            bind_forms!(sqlx::query(sql::unlock_many(forms, shared)), forms, &arrays)
-                .bind(token)
-                .execute(&mut *flight.conn)
-                .await
+            bind_forms!(
+                sqlx::query_scalar(sql::unlock_many(forms, shared)),
+                forms,
+                &arrays
+            )
+            .bind(token)
+            .fetch_all(&mut *flight.conn)
+            .await
         }
     };
     flight.cleanup = None;
-    released.map(drop).map_err(Error::from_sqlx)
+    let missing = released
+        .map_err(Error::from_sqlx)?
+        .into_iter()
+        .filter(|held| !held)
+        .count();
+    match missing {
+        0 => Ok(()),
+        _ => Err(Error::Lost {
+            missing,
+            total: ids.len(),
+        }),
+    }
 }
 
 /// Whether this session holds every id, granted, in this mode, according to
