@@ -443,3 +443,13 @@ pub async fn lock_on(conn: &mut PgConnection, id: LockId) {
     .await
     .expect("take a lock by hand");
 }
+
+/// Releases every session-level advisory lock `conn`'s session holds, behind
+/// the back of any lock object or guard on it: what `DISCARD ALL` or a
+/// pooler's reset does to them.
+pub async fn unlock_all(conn: &mut PgConnection) {
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(conn)
+        .await
+        .expect("pg_advisory_unlock_all()");
+}

@@ -7,7 +7,7 @@ use alock::Error;
 use alock::prelude::*;
 use alock_dev::{
     Held, all_free, assert_answers, backend_pid, connect, database_url, held, hold_elsewhere,
-    is_free, set_lock_timeout, unique_key, unique_keys, until_waiting,
+    is_free, set_lock_timeout, unique_key, unique_keys, unlock_all, until_waiting,
 };
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -555,17 +555,8 @@ async fn a_guard_whose_ids_were_released_underneath_reports_it() {
     let ids = unique_keys(2);
     let mut conn = connect().await;
     let mut guard = conn.lock_exclusive(&ids).await.unwrap();
-    sqlx::query("SELECT pg_advisory_unlock_all()")
-        .execute(&mut *guard)
-        .await
-        .unwrap();
-    assert!(matches!(
-        guard.release().await,
-        Err(Error::Lost {
-            missing: 2,
-            total: 2
-        })
-    ));
+    unlock_all(&mut guard).await;
+    assert!(lost(guard.release().await, 2, 2));
     assert_answers(&mut conn, "the connection works after a lost lock").await;
     assert!(all_free(&ids).await);
 }
@@ -576,17 +567,8 @@ async fn a_pool_guard_that_lost_its_lock_still_returns_the_connection() {
     let pool = pool_of_one().await;
     let mut guard = pool.lock_exclusive(id).await.unwrap();
     let pid = backend_pid(&mut guard).await;
-    sqlx::query("SELECT pg_advisory_unlock_all()")
-        .execute(&mut *guard)
-        .await
-        .unwrap();
-    assert!(matches!(
-        guard.release().await,
-        Err(Error::Lost {
-            missing: 1,
-            total: 1
-        })
-    ));
+    unlock_all(&mut guard).await;
+    assert!(lost(guard.release().await, 1, 1));
     until_idle(&pool).await;
     let mut again = pool.acquire().await.unwrap();
     assert_eq!(
@@ -603,18 +585,15 @@ async fn with_exclusive_says_when_the_lock_was_lost_while_it_ran() {
     let mut conn = connect().await;
     let out: Result<(), Error> = conn
         .with_exclusive(id, async |conn| {
-            sqlx::query("SELECT pg_advisory_unlock_all()")
-                .execute(conn)
-                .await?;
+            unlock_all(conn).await;
             Ok(())
         })
         .await;
-    assert!(matches!(
-        out,
-        Err(Error::Lost {
-            missing: 1,
-            total: 1
-        })
-    ));
+    assert!(lost(out, 1, 1));
     assert!(is_free(id).await);
+}
+
+/// Whether `result` is [`Error::Lost`] with these counts.
+fn lost<T>(result: Result<T, Error>, missing: usize, total: usize) -> bool {
+    matches!(result, Err(Error::Lost { missing: m, total: t }) if m == missing && t == total)
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use alock::{Error, ExclusiveLock, LockId, ShareLock};
 use alock_dev::{
     Held, all_free, assert_answers, backend_pid, connect, held, hold_elsewhere, is_free, lock_on,
-    set_lock_timeout, unique_key, unique_keys, until_waiting,
+    set_lock_timeout, unique_key, unique_keys, unlock_all, until_waiting,
 };
 use sqlx::{Connection, PgConnection};
 
@@ -470,10 +470,7 @@ async fn a_release_after_the_session_was_reset_reports_every_id_lost() {
     let mut lock = ShareLock::new(connect().await, &ids);
     lock.acquire().await.unwrap();
     lock.acquire().await.unwrap();
-    sqlx::query("SELECT pg_advisory_unlock_all()")
-        .execute(lock.connection())
-        .await
-        .unwrap();
+    unlock_all(lock.connection()).await;
 
     // The re-entrant release only counts; the last one asks the server.
     lock.release().await.unwrap();
