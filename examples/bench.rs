@@ -6,16 +6,23 @@
 //! ```
 //!
 //! Every case runs against the same server, on the same session, interleaved:
-//! each round runs every case, in an order shuffled afresh each round (from a
-//! fixed seed), and within a case the sides take turns, one operation each,
-//! in an order shuffled for every turn, until each has run a batch. The
-//! table reports, per case and side, the median over rounds of the time per
-//! operation; a ratio is the median of the per-round ratios of two sides.
-//! Statements are prepared before the first round. A control side runs the
-//! 10-key raw SQL against itself, on keys of its own: its ratio to raw SQL
-//! shows what the run can tell apart. The round trips column is counted on
+//! each round runs every group (a case, with the guard form compared with
+//! its sides), in an order shuffled afresh each round, and within a group
+//! the sides that reach the server take turns, one operation each, in an
+//! order shuffled for every turn, until each has run a batch; the sides that
+//! never reach the server (a re-entrant acquire, `lock_id()`) run theirs as
+//! one batch each, in a shuffled order, before the turns. The table reports,
+//! per case and side, the median over rounds of the time per operation; a
+//! ratio is the median of the per-round ratios of two sides. Statements are
+//! prepared before the first round. A control side runs the 10-key raw SQL
+//! against itself, on keys of its own: its ratio to raw SQL shows what the
+//! run can tell apart for that work. The round trips column is counted on
 //! the wire (through `alock_dev::RoundTrips`) in a separate pass, so the
 //! proxy never slows the timed runs.
+//!
+//! The contended handoffs run on 8 sessions shared by all their sides:
+//! alock, raw SQL, and a control that runs raw SQL again, taking turns one
+//! run each in a shuffled order.
 //!
 //! The cases: acquire + release of 1 and 10 free keys, a re-entrant acquire +
 //! release, a `try_acquire` of 10 keys that fails on the 10th, a timed acquire
@@ -37,8 +44,10 @@
 //! |---|---|---|
 //! | `BENCH_CASES` | all | cases to run, by name, comma-separated (`one-key,handoff`; an unknown name lists them) |
 //! | `BENCH_ROUNDS` | 101 | rounds of the interleaved cases |
-//! | `BENCH_BATCH` | 60 | operations per batch, cases that talk to the server |
-//! | `BENCH_CPU_BATCH` | 200000 | operations per batch, cases that do not |
+//! | `BENCH_BATCH` | 60 | operations per side per round, taken in turns, for sides that talk to the server |
+//! | `BENCH_CPU_BATCH` | 200000 | operations per side per round, in one batch, for sides that do not |
+//! | `BENCH_SESSION` | `shared` | `per-side` gives every side of the interleaved cases a session of its own, to compare with |
+//! | `BENCH_SEED` | fixed | seed of the shuffled orders |
 //! | `BENCH_SESSIONS` | 8 | sessions taking turns in the handoff case |
 //! | `BENCH_HANDOFFS` | 1600 | handoffs per handoff run (all sessions together) |
 //! | `BENCH_HANDOFF_ROUNDS` | 21 | handoff runs per side, the sides taking turns |
@@ -151,9 +160,11 @@ impl Case {
             Case::TryFailsOnTenth => "try_acquire of 10 keys, 10th busy",
             Case::TimeoutOneKey => "acquire_timeout, 1 free key",
             Case::TimeoutTenKeys => "acquire_timeout, 10 free keys",
-            Case::XactInTransaction => "transaction-level lock in an open transaction, 1 key",
+            Case::XactInTransaction => {
+                "transaction-level lock in an open transaction + COMMIT, 1 key"
+            }
             Case::XactInTransactionTenKeys => {
-                "transaction-level lock in an open transaction, 10 keys"
+                "transaction-level lock in an open transaction + COMMIT, 10 keys"
             }
             Case::BeginLockCommit => "BEGIN + lock 1 key + COMMIT",
             Case::LockIdDerived => "lock_id() of a derived key (no server)",
@@ -205,7 +216,8 @@ impl Case {
         }
     }
 
-    /// Whether a batch of this side of the case never reaches the server.
+    /// Whether this side's timed operations never reach the server (the
+    /// re-entrant case sends its untimed first hold and last release).
     fn local(self, side: Side) -> bool {
         matches!(
             (self, side),
@@ -220,7 +232,7 @@ enum Side {
     Raw,
     Sqlx,
     /// Raw SQL again, on keys of its own: what the benchmark reads when both
-    /// sides do the same work (the 10-key case only).
+    /// sides do the same work (the 10-key case and the handoffs).
     Control,
 }
 
@@ -467,8 +479,8 @@ impl Bench {
                     let mut tx = conn.begin().await?;
                     meter.start();
                     tx.xact_lock_exclusive(ids).await?;
-                    meter.stop();
                     tx.commit().await?;
+                    meter.stop();
                 }
             }
             (Case::XactInTransaction, Side::Raw) => {
@@ -479,8 +491,8 @@ impl Bench {
                         .bind(key)
                         .execute(&mut *tx)
                         .await?;
-                    meter.stop();
                     tx.commit().await?;
+                    meter.stop();
                 }
             }
             (Case::XactInTransactionTenKeys, Side::Raw) => {
@@ -491,8 +503,8 @@ impl Bench {
                         .bind(keys)
                         .execute(&mut *tx)
                         .await?;
-                    meter.stop();
                     tx.commit().await?;
+                    meter.stop();
                 }
             }
             (Case::BeginLockCommit, Side::Alock) => {
@@ -628,6 +640,8 @@ struct Settings {
     handoffs: usize,
     handoff_rounds: usize,
     handoff_limit: Duration,
+    session_per_side: bool,
+    seed: u64,
 }
 
 impl Settings {
@@ -681,6 +695,21 @@ impl Settings {
             handoffs: var("BENCH_HANDOFFS", 1600)?,
             handoff_rounds: var("BENCH_HANDOFF_ROUNDS", 21)?,
             handoff_limit: Duration::from_secs(var("BENCH_HANDOFF_LIMIT_SECS", 60)? as u64),
+            session_per_side: match std::env::var("BENCH_SESSION").as_deref() {
+                Err(_) | Ok("shared") => false,
+                Ok("per-side") => true,
+                Ok(other) => {
+                    return Err(
+                        format!("BENCH_SESSION={other}: expected shared or per-side").into(),
+                    );
+                }
+            },
+            seed: match std::env::var("BENCH_SEED") {
+                Err(_) => 0x616c_6f63_6b00_0001,
+                Ok(v) => v
+                    .parse()
+                    .map_err(|_| format!("BENCH_SEED={v}: expected an unsigned integer"))?,
+            },
         })
     }
 
@@ -734,20 +763,30 @@ async fn main() -> Result<(), BoxError> {
     let mut keys = Keys::new();
     let trips = count_round_trips(&settings.cases, url, &mut keys).await?;
 
-    // Every side of every case runs on `conn`: identical statements on two
-    // sessions of this machine differ by up to a third in time, depending on
-    // where the scheduler places each backend, which a comparison of two
-    // sessions would read as a difference between the sides.
+    // Every side of every case runs on `conn` (`BENCH_SESSION=shared`):
+    // identical statements on two sessions of this machine can differ by a
+    // third in time, depending on where the scheduler places each backend,
+    // which a comparison of two sessions would read as a difference between
+    // the sides. `per-side` gives each side a session of its own, to compare.
     let mut benches = Vec::new();
     for &case in &settings.cases {
         for &side in case.sides() {
             benches.push(Bench::open(case, side, &mut keys).await?);
         }
     }
+    let mut sessions = vec![conn];
+    if settings.session_per_side {
+        for _ in 1..benches.len() {
+            sessions.push(PgConnection::connect(url).await?);
+        }
+    }
+    let session_of = |i: usize| if settings.session_per_side { i } else { 0 };
     // Warm up: sqlx prepares each statement on first use.
-    for bench in &mut benches {
+    for (i, bench) in benches.iter_mut().enumerate() {
         let n = settings.ops(bench.case, bench.side).min(1000);
-        bench.run(&mut conn, n, &mut Meter::new(None)).await?;
+        bench
+            .run(&mut sessions[session_of(i)], n, &mut Meter::new(None))
+            .await?;
     }
     let mut series: Vec<Series> = benches
         .iter()
@@ -773,7 +812,7 @@ async fn main() -> Result<(), BoxError> {
             None => groups.push(vec![i]),
         }
     }
-    let mut seed = 0x616c_6f63_6b00_0001_u64;
+    let mut seed = settings.seed;
     for _ in 0..settings.rounds {
         shuffle(&mut groups, &mut seed);
         for group in &groups {
@@ -782,18 +821,27 @@ async fn main() -> Result<(), BoxError> {
             // that do take turns, one operation each, in an order shuffled
             // for every turn, so that both sides of a ratio meet the same
             // moments of the machine.
-            let (local, mut turns): (Vec<usize>, Vec<usize>) = (0..group.len())
+            let (mut local, mut turns): (Vec<usize>, Vec<usize>) = (0..group.len())
                 .partition(|&j| benches[group[j]].case.local(benches[group[j]].side));
+            shuffle(&mut local, &mut seed);
             for &j in &local {
-                benches[group[j]]
-                    .run(&mut conn, settings.cpu_batch, &mut meters[j])
+                let i = group[j];
+                benches[i]
+                    .run(
+                        &mut sessions[session_of(i)],
+                        settings.cpu_batch,
+                        &mut meters[j],
+                    )
                     .await?;
             }
             if !turns.is_empty() {
                 for _ in 0..settings.batch {
                     shuffle(&mut turns, &mut seed);
                     for &j in &turns {
-                        benches[group[j]].run(&mut conn, 1, &mut meters[j]).await?;
+                        let i = group[j];
+                        benches[i]
+                            .run(&mut sessions[session_of(i)], 1, &mut meters[j])
+                            .await?;
                     }
                 }
             }
@@ -833,9 +881,10 @@ async fn main() -> Result<(), BoxError> {
 }
 
 /// Puts `items` in a new order (Fisher-Yates, drawing from SplitMix64 on
-/// `seed`): each round runs the cases, and the sides within each, in an
-/// order of its own, so no side always runs first or next to the same
-/// neighbours. The seed is fixed, so every run uses the same orders.
+/// `seed`): each round runs the groups, each turn the sides, in an order of
+/// its own, so no side always runs first or next to the same neighbours.
+/// The seed is fixed unless `BENCH_SEED` is set, so runs repeat their
+/// orders.
 fn shuffle<T>(items: &mut [T], seed: &mut u64) {
     for i in (1..items.len()).rev() {
         *seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -899,27 +948,29 @@ struct Cpu {
     client: Option<f64>,
 }
 
-/// User + system CPU time of a process so far, in clock ticks (USER_HZ,
-/// 100 per second on Linux), from `/proc/<pid>/stat`; `None` where it cannot
-/// be read (another machine, another PID namespace, not Linux).
-fn cpu_ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses: state is the
-    // first, utime the 12th, stime the 13th.
-    let fields: Vec<&str> = stat
-        .get(stat.rfind(')')? + 2..)?
-        .split_whitespace()
-        .collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+/// CPU time a process has run so far, in nanoseconds: the sum over its
+/// threads of the first field of `/proc/<pid>/task/<tid>/schedstat` (time
+/// on the CPU, counted exactly, unlike the 10 ms ticks of
+/// `/proc/<pid>/stat`); `None` where it cannot be read (another machine,
+/// another PID namespace, a kernel without schedstats, not Linux). Threads
+/// that have exited are not counted; the backends have one thread and the
+/// benchmark's runtime keeps its workers.
+fn cpu_ns(pid: &str) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
 }
 
-/// The summed CPU ticks of the backends `pids` and of this process.
+/// The summed CPU time of the backends `pids` and of this process.
 fn cpu_now(pids: &[i32]) -> (Option<u64>, Option<u64>) {
     let server = pids
         .iter()
-        .map(|pid| cpu_ticks(&pid.to_string()))
+        .map(|pid| cpu_ns(&pid.to_string()))
         .sum::<Option<u64>>();
-    (server, cpu_ticks("self"))
+    (server, cpu_ns("self"))
 }
 
 /// The backend pids of `conns`.
@@ -936,8 +987,8 @@ async fn backend_pids(conns: &mut [PgConnection]) -> Result<Vec<i32>, BoxError> 
 }
 
 /// Contended handoffs: `sessions` sessions each lock one key, increment a
-/// counter row, unlock, a fixed number of times; alock's and raw SQL's runs
-/// alternate.
+/// counter row, unlock, a fixed number of times; alock's, raw SQL's and the
+/// control's runs take turns, on the same sessions.
 async fn handoff_runs(
     settings: &Settings,
     url: &str,
@@ -979,7 +1030,7 @@ async fn handoff_runs(
     // One warm-up run per side (run 0), then the sides take turns, in an
     // order shuffled for every turn. The control side runs raw SQL again.
     let mut order = [Side::Alock, Side::Raw, Side::Control];
-    let mut seed = 0x616c_6f63_6b00_0002_u64;
+    let mut seed = settings.seed ^ 0x2;
     for run in 0..=settings.handoff_rounds {
         shuffle(&mut order, &mut seed);
         for side in order {
@@ -999,7 +1050,7 @@ async fn handoff_runs(
             let rate = total as f64 / begun.elapsed().as_secs_f64();
             let cpu_after = cpu_now(&pids);
             let per_handoff = |before: u64, after: u64| {
-                after.saturating_sub(before) as f64 * 10_000.0 / total as f64
+                after.saturating_sub(before) as f64 / 1_000.0 / total as f64
             };
             let cpu = Cpu {
                 server: cpu_before
@@ -1292,8 +1343,8 @@ fn print_handoffs(settings: &Settings, handoffs: &Handoffs) {
     );
     println!();
     println!(
-        "CPU time per handoff, median over the runs (the backends' from /proc/<pid>/stat, \
-         when the server runs on this machine; the client's is this process's):"
+        "CPU time per handoff, median over the runs (the backends' and this process's time \
+         on the CPU, from /proc/<pid>/task/*/schedstat, when the server runs on this machine):"
     );
     println!();
     println!("| side | server CPU per handoff | client CPU per handoff |");
