@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use alock::{Error, ExclusiveLock, LockId, ShareLock};
+use alock::{AdvisoryLock, Error, ExclusiveLock, LockId, Mode, ShareLock};
 use alock_dev::{
     Held, all_free, assert_answers, backend_pid, connect, held, hold_elsewhere, is_free, lock_on,
     set_lock_timeout, unique_key, unique_keys, unlock_all, until_waiting,
@@ -487,4 +487,63 @@ async fn a_release_after_the_session_was_reset_reports_every_id_lost() {
     assert!(!is_free(ids[0]).await && !is_free(ids[1]).await);
     lock.release().await.unwrap();
     assert!(all_free(&ids).await);
+}
+
+/// Up to 16 ids of one form, several ids take a statement of their own
+/// count that tries them at transaction level first; past that, and for
+/// mixed forms, the function. Every count on both sides of that line, in
+/// both forms and both modes, is held whole and given back whole.
+#[tokio::test]
+async fn every_count_and_form_of_free_ids_is_taken_and_given_back_whole() {
+    let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
+    let mut observer = connect().await;
+    for n in 2..=17 {
+        let pairs = unique_keys(n);
+        // int8 ids from the same unique pairs: another lock tag altogether.
+        let int8s: Vec<LockId> = pairs
+            .iter()
+            .map(|id| match *id {
+                LockId::Int4Pair(a, b) => LockId::Int8((i64::from(a) << 32) | i64::from(b)),
+                LockId::Int8(_) => unreachable!("test keys are pairs"),
+            })
+            .collect();
+        let mixed: Vec<LockId> = int8s[..n / 2]
+            .iter()
+            .chain(&pairs[n / 2..])
+            .copied()
+            .collect();
+        for ids in [&pairs, &int8s, &mixed] {
+            cycle::<alock::Exclusive>(&mut conn, &mut observer, pid, ids, Held::Exclusive).await;
+            cycle::<alock::Shared>(&mut conn, &mut observer, pid, ids, Held::Shared).await;
+        }
+    }
+}
+
+async fn cycle<M: Mode>(
+    conn: &mut PgConnection,
+    observer: &mut PgConnection,
+    pid: i32,
+    ids: &[LockId],
+    expected: Held,
+) {
+    let mut lock = AdvisoryLock::<_, M>::new(&mut *conn, ids);
+    lock.acquire().await.unwrap();
+    for id in ids {
+        assert_eq!(
+            held(observer, pid, *id).await,
+            expected,
+            "{} ids",
+            ids.len()
+        );
+    }
+    lock.release().await.unwrap();
+    for id in ids {
+        assert_eq!(
+            held(observer, pid, *id).await,
+            Held::Nothing,
+            "{} ids",
+            ids.len()
+        );
+    }
 }

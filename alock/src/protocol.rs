@@ -191,8 +191,10 @@ async fn lock_one(
 
 /// A statement that calls one of the session's functions.
 enum Call<'a> {
-    /// [`sql::acquire_call`], over the ids' arrays.
-    Many(Forms, &'a IdArrays),
+    /// [`sql::free_first`] where it applies, which calls the function only
+    /// when an id is busy; [`sql::acquire_call`] over the ids' arrays
+    /// otherwise.
+    Many(&'a [LockId]),
     /// [`sql::lock_one`].
     One(LockId),
 }
@@ -206,11 +208,20 @@ impl Call<'_> {
         token: &str,
     ) -> Result<String, sqlx::Error> {
         match *self {
-            Call::Many(forms, arrays) => {
+            Call::Many(ids) => {
+                let forms = Forms::of(ids);
+                if let Some(text) = sql::free_first(forms, ids.len(), shared) {
+                    let mut query = sqlx::query_scalar(text).bind(wait.micros()).bind(token);
+                    for &id in ids {
+                        query = bind_id!(query, id);
+                    }
+                    return query.fetch_one(conn).await;
+                }
+                let arrays = bind_arrays(ids.iter());
                 bind_forms!(
                     sqlx::query_scalar(sql::acquire_call(forms, shared)),
                     forms,
-                    arrays
+                    &arrays
                 )
                 .bind(wait.micros())
                 .bind(token)
@@ -281,9 +292,7 @@ async fn run_acquire(
 ) -> Result<Taken, Failure> {
     let token_text = token.to_string();
     if let Level::Session = level {
-        let arrays = bind_arrays(ids.iter());
-        let called = Call::Many(Forms::of(ids), &arrays);
-        match call_session_function(conn, called, shared, wait, &token_text).await {
+        match call_session_function(conn, Call::Many(ids), shared, wait, &token_text).await {
             Some(Ok(outcome)) => return outcome_of(&outcome, &token_text),
             Some(Err(failure)) => return Err(failure),
             // Inside a transaction, or without functions: the anonymous

@@ -37,6 +37,7 @@
 //! never ran.
 
 use std::fmt::Write as _;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::LockId;
@@ -641,6 +642,103 @@ pub(crate) const fn acquire_call(forms: Forms, shared: bool) -> &'static str {
     }
 }
 
+/// The most ids [`free_first`] takes; more go to the function directly.
+pub(crate) const FREE_FIRST_MAX: usize = 16;
+
+/// What the free-first statement reports if a session-level try failed
+/// after the transaction-level try of the same id succeeded, which the
+/// server never does: the session already holds the id then.
+const FREE_FIRST_BROKEN: &str =
+    "XX000 a session-level try failed on an id the transaction already held";
+
+/// Takes several ids of one form, when every one is free, without calling
+/// the session's function: the statement tries each id at transaction
+/// level, in order, and only if all were free takes them all at session
+/// level and records the token, in one expression. Otherwise it calls the
+/// session's function ([`acquire_call`]), which takes, waits or gives back
+/// as usual. Outside a transaction only.
+///
+/// Why it is safe:
+///
+/// - The transaction-level tries end with the statement. If one is busy,
+///   or the statement fails part way (a cancel, a full lock table), they
+///   are given back with it, and no session-level lock was taken.
+/// - The session-level tries cannot fail or be interrupted part way. The
+///   session already holds each id, so each is granted at once without
+///   touching the shared lock table, and PostgreSQL checks for interrupts
+///   between rows and statements, not while it evaluates one expression.
+///   So the ids are taken all together, with the token, or not at all.
+///
+/// A failure before the session-level tries (a full lock table, a cancel)
+/// fails the statement rather than being reported as an outcome; nothing is
+/// held then. A busy id costs the tries, then the function.
+///
+/// `None` for mixed forms, or fewer than 2 or more than [`FREE_FIRST_MAX`]
+/// ids: one text per count, form and mode, at most 60, each prepared by
+/// sqlx once per connection. Bind: the wait in microseconds, the token,
+/// then each id's key(s).
+pub(crate) fn free_first(forms: Forms, n: usize, shared: bool) -> Option<&'static str> {
+    static TEXTS: OnceLock<Vec<String>> = OnceLock::new();
+    let form = match forms {
+        Forms::Int8 => 0,
+        Forms::Pairs => 1,
+        Forms::Mixed => return None,
+    };
+    if !(2..=FREE_FIRST_MAX).contains(&n) {
+        return None;
+    }
+    let texts = TEXTS.get_or_init(|| {
+        let mut texts = Vec::new();
+        for forms in [Forms::Int8, Forms::Pairs] {
+            for shared in [false, true] {
+                for n in 2..=FREE_FIRST_MAX {
+                    texts.push(free_first_text(forms, n, shared));
+                }
+            }
+        }
+        texts
+    });
+    let per_mode = FREE_FIRST_MAX - 1;
+    Some(&texts[(form * 2 + usize::from(shared)) * per_mode + n - 2])
+}
+
+fn free_first_text(forms: Forms, n: usize, shared: bool) -> String {
+    let m = suffix(shared);
+    let param = |i: usize| format!("${}", i + 3);
+    let (args, call): (Vec<String>, String) = match forms {
+        Forms::Int8 => {
+            let keys: Vec<String> = (0..n).map(param).collect();
+            let call = format!("ARRAY[{}]::int8[], NULL, NULL", keys.join(", "));
+            (keys, call)
+        }
+        _ => {
+            let (a, b): (Vec<String>, Vec<String>) =
+                (0..n).map(|i| (param(2 * i), param(2 * i + 1))).unzip();
+            let args = a.iter().zip(&b).map(|(a, b)| format!("{a}, {b}")).collect();
+            let call = format!(
+                "NULL, ARRAY[{}]::int4[], ARRAY[{}]::int4[]",
+                a.join(", "),
+                b.join(", ")
+            );
+            (args, call)
+        }
+    };
+    let tries = |function: &str| {
+        args.iter()
+            .map(|a| format!("{function}{m}({a})"))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    format!(
+        "SELECT CASE WHEN {xact} \
+                THEN CASE WHEN {session} THEN set_config('alock.acquired', $2, false) \
+                          ELSE '{FREE_FIRST_BROKEN}' END \
+                ELSE pg_temp.alock_v2_acquire{m}({call}, $1, $2) END",
+        xact = tries("pg_try_advisory_xact_lock"),
+        session = tries("pg_try_advisory_lock"),
+    )
+}
+
 /// Releases `ids`, in reverse order, when `condition` holds: one
 /// `SELECT` over literal arrays, so any number of ids fits.
 fn unlock_where(ids: &[LockId], shared: bool, condition: &str) -> String {
@@ -743,6 +841,32 @@ mod tests {
         let sql = unlock_queued(&[LockId::Int8(1), LockId::Int4Pair(2, 3)], true);
         assert!(sql.contains("unnest('{NULL,1}'::int8[], '{2,NULL}'::int4[], '{3,NULL}'::int4[])"));
         assert!(sql.contains("pg_advisory_unlock_shared(a, b)"));
+    }
+
+    #[test]
+    fn free_first_texts_bind_each_id_once_in_order() {
+        let text = free_first(Forms::Int8, 3, false).unwrap();
+        assert!(text.contains(
+            "pg_try_advisory_xact_lock($3) AND pg_try_advisory_xact_lock($4) \
+             AND pg_try_advisory_xact_lock($5)"
+        ));
+        assert!(
+            text.contains(
+                "pg_temp.alock_v2_acquire(ARRAY[$3, $4, $5]::int8[], NULL, NULL, $1, $2)"
+            )
+        );
+        let text = free_first(Forms::Pairs, 2, true).unwrap();
+        assert!(text.contains(
+            "pg_try_advisory_lock_shared($3, $4) AND pg_try_advisory_lock_shared($5, $6)"
+        ));
+        assert!(text.contains("(NULL, ARRAY[$3, $5]::int4[], ARRAY[$4, $6]::int4[], $1, $2)"));
+        assert_eq!(
+            free_first(Forms::Pairs, FREE_FIRST_MAX, true),
+            Some(free_first_text(Forms::Pairs, FREE_FIRST_MAX, true).as_str())
+        );
+        assert_eq!(free_first(Forms::Int8, 1, false), None);
+        assert_eq!(free_first(Forms::Int8, FREE_FIRST_MAX + 1, false), None);
+        assert_eq!(free_first(Forms::Mixed, 2, false), None);
     }
 
     #[test]
