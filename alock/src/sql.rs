@@ -654,9 +654,10 @@ const FREE_FIRST_BROKEN: &str =
 /// Takes several ids of one form, when every one is free, without calling
 /// the session's function: the statement tries each id at transaction
 /// level, in order, and only if all were free takes them all at session
-/// level and records the token, in one expression. Otherwise it calls the
-/// session's function ([`acquire_call`]), which takes, waits or gives back
-/// as usual. Outside a transaction only.
+/// level and records the token, in one expression. Otherwise, when it may
+/// not wait, it reports `busy`; when it may, it calls the session's
+/// function ([`acquire_call`]), which takes, waits or gives back as usual.
+/// Outside a transaction only.
 ///
 /// Why it is safe:
 ///
@@ -671,7 +672,8 @@ const FREE_FIRST_BROKEN: &str =
 ///
 /// A failure before the session-level tries (a full lock table, a cancel)
 /// fails the statement rather than being reported as an outcome; nothing is
-/// held then. A busy id costs the tries, then the function.
+/// held then. A busy id costs the tries, then, if the call may wait, the
+/// function.
 ///
 /// `None` for mixed forms, or fewer than 2 or more than [`FREE_FIRST_MAX`]
 /// ids: one text per count, form and mode, at most 60, each prepared by
@@ -733,6 +735,7 @@ fn free_first_text(forms: Forms, n: usize, shared: bool) -> String {
         "SELECT CASE WHEN {xact} \
                 THEN CASE WHEN {session} THEN set_config('alock.acquired', $2, false) \
                           ELSE '{FREE_FIRST_BROKEN}' END \
+                WHEN $1 = 0 THEN 'busy' \
                 ELSE pg_temp.alock_v2_acquire{m}({call}, $1, $2) END",
         xact = tries("pg_try_advisory_xact_lock"),
         session = tries("pg_try_advisory_lock"),
