@@ -453,3 +453,27 @@ pub async fn unlock_all(conn: &mut PgConnection) {
         .await
         .expect("pg_advisory_unlock_all()");
 }
+
+/// Blocks until session `pid`'s backend has exited: closing a connection
+/// only sends `Terminate`, and the server releases the session's locks
+/// when the backend goes, a moment after `close()` returns.
+///
+/// # Panics
+///
+/// When the backend is still there after a minute.
+pub async fn until_gone(observer: &mut PgConnection, pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let there: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)")
+                .bind(pid)
+                .fetch_one(&mut *observer)
+                .await
+                .expect("read pg_stat_activity");
+        if !there {
+            return;
+        }
+        assert!(Instant::now() < deadline, "session {pid} never went away");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -7,7 +7,7 @@ use alock::Error;
 use alock::prelude::*;
 use alock_dev::{
     Held, all_free, assert_answers, backend_pid, connect, database_url, held, hold_elsewhere,
-    is_free, set_lock_timeout, unique_key, unique_keys, unlock_all, until_waiting,
+    is_free, set_lock_timeout, unique_key, unique_keys, unlock_all, until_gone, until_waiting,
 };
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -82,10 +82,12 @@ async fn a_dropped_guard_is_released_before_the_connection_is_used_again() {
 async fn a_leaked_guard_keeps_the_lock_for_the_session() {
     let id = unique_key();
     let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
     conn.lock_exclusive(id).await.unwrap().leak();
     sqlx::query("SELECT 1").execute(&mut conn).await.unwrap();
     assert!(!is_free(id).await);
     conn.close().await.unwrap();
+    until_gone(&mut connect().await, pid).await;
     assert!(is_free(id).await);
 }
 
