@@ -108,6 +108,11 @@
 //! share one server-wide table of `max_locks_per_transaction *
 //! (max_connections + max_prepared_transactions)` entries; when it is full,
 //! acquires fail with [`Error::LockTableFull`] and give back what they took.
+//! Outside a transaction, up to 16 free ids of one form are taken by one
+//! plain statement that tries them at transaction level first and then
+//! takes them all at session level; a try that fails as a statement (a full
+//! lock table, a cancel) has taken nothing, but like a single id's try, its
+//! error reaches the next query if the future was dropped meanwhile.
 //! Several ids and every wait run a PL/pgSQL body: outside a transaction as
 //! functions the session creates in `pg_temp` on first need (three extra
 //! round trips, once per session), inside a transaction as an anonymous

@@ -24,6 +24,14 @@
 //!   as an error on a later, unrelated query. The one exception is the first
 //!   call on a session that lacks its functions, which fails before it
 //!   creates them (see `prepare_session`).
+//! - **Several free ids, outside a transaction**: up to
+//!   [`FREE_FIRST_MAX`] ids of one form first go through a plain statement
+//!   ([`free_first`]) that tries them at transaction level and, when all are
+//!   free, takes them at session level in one expression; only a busy id
+//!   reaches the body, in the same statement. Its tries can fail as a
+//!   statement (a full lock table, a cancel) before they take anything:
+//!   nothing is held then, but like a single id's try, such an error is
+//!   not turned into an outcome.
 //!
 //! Every statement that can take several ids records a per-call token in
 //! the session setting `alock.acquired` when, and only when, it ends holding
