@@ -436,3 +436,118 @@ async fn a_single_id_deadlock_is_typed_and_leaves_the_other_holds() {
     first_x.release().await.unwrap();
     assert!(is_free(x).await && is_free(y).await);
 }
+
+/// Cancels sent at random moments while a session takes free ids, over and
+/// over: whenever an acquire reports an error, the session holds none of
+/// its ids once its connection has been used again (the queued cleanup has
+/// run then). PostgreSQL acts on a cancel between expressions, so one that
+/// arrives while a statement takes the ids can abort it after it took them
+/// all; the record of the acquire must survive that abort. Covers the
+/// free-first statement (4 ids), the function (20 ids) and mixed forms.
+#[tokio::test]
+async fn cancels_at_random_moments_never_leave_ids_held() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    let mut conn = connect().await;
+    alock::prepare_session(&mut conn).await.unwrap();
+    let pid = backend_pid(&mut conn).await;
+    let armed = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let idle = Arc::new(AtomicU64::new(0));
+    let canceller = {
+        let (armed, stop, idle) = (armed.clone(), stop.clone(), idle.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let mut canceller = connect().await;
+                let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+                while !stop.load(Ordering::SeqCst) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let spin = Duration::from_micros(x % 300);
+                    let began = Instant::now();
+                    while began.elapsed() < spin {
+                        std::hint::spin_loop();
+                    }
+                    // One cancel per armed acquire, as a statement_timeout
+                    // or one pg_cancel_backend would send.
+                    if armed.swap(false, Ordering::SeqCst) {
+                        sqlx::query("SELECT pg_cancel_backend($1)")
+                            .bind(pid)
+                            .execute(&mut canceller)
+                            .await
+                            .unwrap();
+                    } else {
+                        idle.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                }
+            });
+        })
+    };
+
+    let pairs = unique_keys(24);
+    let int8s: Vec<LockId> = unique_keys(2)
+        .into_iter()
+        .map(|id| match id {
+            LockId::Int4Pair(a, b) => LockId::Int8((i64::from(a) << 32) | i64::from(b)),
+            LockId::Int8(_) => unreachable!("test keys are pairs"),
+        })
+        .collect();
+    let sets = [
+        pairs[..4].to_vec(),
+        pairs[4..].to_vec(),
+        vec![int8s[0], pairs[0], int8s[1]],
+    ];
+    let mut cancelled = 0;
+    for ids in &sets {
+        for _ in 0..150 {
+            let mut lock = ExclusiveLock::new(&mut conn, ids);
+            armed.store(true, Ordering::SeqCst);
+            let result = lock.acquire().await;
+            armed.store(false, Ordering::SeqCst);
+            // Let any cancel already on its way land before counting.
+            let seen = idle.load(Ordering::SeqCst);
+            while idle.load(Ordering::SeqCst) < seen + 2 {
+                std::thread::yield_now();
+            }
+            // A cancel signal that reaches an idle session is dropped; one
+            // still on its way would cancel the cleanup, or two cancels would
+            // meet in the next acquire, which is not what this test is about.
+            std::thread::sleep(Duration::from_millis(5));
+            match result {
+                Ok(()) => lock.release().await.unwrap(),
+                Err(Error::Canceled(_)) => cancelled += 1,
+                Err(e) => panic!("unexpected error: {e:?}"),
+            }
+            drop(lock);
+            // The next use of the connection runs what a failed acquire
+            // queued, then counts.
+            let held: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks \
+                  WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .expect("count the session's locks");
+            assert_eq!(
+                held,
+                0,
+                "ids left held after {result:?} on {} ids",
+                ids.len()
+            );
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    canceller.join().unwrap();
+    assert!(
+        cancelled > 0,
+        "no acquire was ever cancelled: the test proved nothing"
+    );
+}

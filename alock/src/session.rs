@@ -33,9 +33,9 @@ pub(crate) fn allowed() -> bool {
     !REFUSED.load(Ordering::Relaxed)
 }
 
-/// Whether `error` says the session lacks its functions.
+/// Whether `error` says the session lacks its functions or their sequence.
 pub(crate) fn missing(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(e) if matches!(e.code().as_deref(), Some("42883" | "3F000")))
+    matches!(error, sqlx::Error::Database(e) if matches!(e.code().as_deref(), Some("42883" | "3F000" | "42P01")))
 }
 
 /// Creates the session's functions: one simple query. `false` when the

@@ -28,16 +28,21 @@
 //!   [`FREE_FIRST_MAX`] ids of one form first go through a plain statement
 //!   ([`free_first`]) that tries them at transaction level and, when all are
 //!   free, takes them at session level in one expression; only a busy id
-//!   reaches the body, in the same statement. Its tries can fail as a
-//!   statement (a full lock table, a cancel) before they take anything:
-//!   nothing is held then, but like a single id's try, such an error is
-//!   not turned into an outcome.
+//!   reaches the body, in the same statement. It has no exception block: a
+//!   full lock table while it tries fails it as a statement, with nothing
+//!   taken, and like a single id's try, such an error is not turned into an
+//!   outcome.
 //!
-//! Every statement that can take several ids records a per-call token in
-//! the session setting `alock.acquired` when, and only when, it ends holding
-//! its ids. A caller whose future is dropped while such a statement is in
-//! flight queues [`cleanup_if_acquired`], which releases the ids only if the
-//! token shows the statement succeeded. A single id needs no token: whether
+//! Every statement that can take several ids records a per-call token when,
+//! and only when, it takes its ids: in the session's sequence
+//! [`ACQUIRED_SEQUENCE`] (the functions and [`free_first`]), or in the
+//! setting `alock.acquired` (the anonymous block). PostgreSQL acts on a
+//! cancel or `statement_timeout` only between expressions and statements,
+//! so one can fail a statement after it took its ids; a sequence's value
+//! survives that abort, a setting does not. A caller whose statement
+//! failed, or whose future was dropped while it was in flight, queues
+//! [`cleanup_if_acquired`], which releases the ids only if the token shows
+//! the statement took them. A single id needs no token: whether
 //! the session holds it afterwards says whether the statement took it
 //! ([`cleanup_if_held`]). Releases record theirs in
 //! `alock.released`, and a dropped release queues
@@ -120,19 +125,19 @@ pub(crate) const fn lock_one(id: LockId, shared: bool) -> &'static str {
     match (id, shared) {
         (LockId::Int8(_), false) => {
             "SELECT CASE WHEN pg_try_advisory_lock($1) THEN 'acquired' \
-                    ELSE pg_temp.alock_v2_wait_one($1, NULL, NULL, $2) END"
+                    ELSE pg_temp.alock_v3_wait_one($1, NULL, NULL, $2) END"
         }
         (LockId::Int8(_), true) => {
             "SELECT CASE WHEN pg_try_advisory_lock_shared($1) THEN 'acquired' \
-                    ELSE pg_temp.alock_v2_wait_one_shared($1, NULL, NULL, $2) END"
+                    ELSE pg_temp.alock_v3_wait_one_shared($1, NULL, NULL, $2) END"
         }
         (LockId::Int4Pair(..), false) => {
             "SELECT CASE WHEN pg_try_advisory_lock($1, $2) THEN 'acquired' \
-                    ELSE pg_temp.alock_v2_wait_one(NULL, $1, $2, $3) END"
+                    ELSE pg_temp.alock_v3_wait_one(NULL, $1, $2, $3) END"
         }
         (LockId::Int4Pair(..), true) => {
             "SELECT CASE WHEN pg_try_advisory_lock_shared($1, $2) THEN 'acquired' \
-                    ELSE pg_temp.alock_v2_wait_one_shared(NULL, $1, $2, $3) END"
+                    ELSE pg_temp.alock_v3_wait_one_shared(NULL, $1, $2, $3) END"
         }
     }
 }
@@ -292,17 +297,33 @@ fn id_arrays(ids: &[LockId]) -> (String, String, String) {
 /// released when the block's subtransaction rolls back.
 pub(crate) const BUSY_SQLSTATE: &str = "AL000";
 
+/// The session's record of the acquires that took their ids: a sequence in
+/// `pg_temp`, created with the functions, whose value an acquire sets to
+/// its token. A sequence's value is not transactional: an interrupt that
+/// aborts the statement after it took the ids (PostgreSQL acts on a cancel
+/// only between expressions, so possibly after the last one) cannot undo
+/// the record, and the cleanup still finds it.
+pub(crate) const ACQUIRED_SEQUENCE: &str = "pg_temp.alock_v3_acquired";
+
+/// How the functions record a successful acquire: in [`ACQUIRED_SEQUENCE`].
+const RECORD_IN_SEQUENCE: &str = "setval('pg_temp.alock_v3_acquired', token::int8)";
+
+/// How the anonymous block records it, on sessions that may not have the
+/// sequence: in the setting `alock.acquired`, which an abort after the
+/// block returns does undo.
+const RECORD_IN_SETTING: &str = "set_config('alock.acquired', token, false)";
+
 /// Gives back ids `n` down to 1, each exactly once, even if an interrupt
 /// (a cancel, `statement_timeout`) lands part way: each unlock runs in a
 /// block of its own that is retried, a bounded number of times, until it
-/// completes; `n` counts down as each one does.
+/// completes; `n` counts down in the same statement as each unlock, so an
+/// interrupt lands either before both or after both.
 fn give_back(m: &str) -> String {
     format!(
         "WHILE n > 0 AND tries < 100 LOOP \
            BEGIN \
-             IF a[n] IS NULL THEN released := pg_advisory_unlock{m}(k[n]); \
-             ELSE released := pg_advisory_unlock{m}(a[n], b[n]); END IF; \
-             n := n - 1; \
+             n := n - 1 + 0 * (CASE WHEN a[n] IS NULL THEN pg_advisory_unlock{m}(k[n]) \
+                                    ELSE pg_advisory_unlock{m}(a[n], b[n]) END)::int; \
            EXCEPTION WHEN OTHERS OR query_canceled THEN tries := tries + 1; \
            END; \
          END LOOP;"
@@ -358,9 +379,8 @@ fn wait_one_body(shared: bool) -> String {
          tries := 0; \
          WHILE held AND tries < 100 LOOP \
            BEGIN \
-             IF a IS NULL THEN released := pg_advisory_unlock{m}(k); \
-             ELSE released := pg_advisory_unlock{m}(a, b); END IF; \
-             held := false; \
+             held := (CASE WHEN a IS NULL THEN pg_advisory_unlock{m}(k) \
+                           ELSE pg_advisory_unlock{m}(a, b) END) AND false; \
            EXCEPTION WHEN OTHERS OR query_canceled THEN tries := tries + 1; \
            END; \
          END LOOP; \
@@ -421,12 +441,15 @@ const BODY_DECLARATIONS: &str = "\
 /// `a`, `b` (the ids' two forms), `wait_us` and `token`: takes the ids in
 /// order, all or nothing, catching every error, and leaves in `outcome` the
 /// token (every id was free), `waited`, `busy`, or `SQLSTATE message`.
-/// Records `token` in `alock.acquired` when it ends holding the ids.
+/// When it ends holding the ids, records `token` with `record`, as the last
+/// statement of the block that catches errors: an interrupt acted on after
+/// it is not caught, fails the statement, and leaves the record to the
+/// cleanup.
 ///
 /// When every id is free it evaluates: the loop's bound, one try and one
 /// assignment per id, the check that all were taken, the token, and two
 /// tests of what it found.
-fn session_body(shared: bool) -> String {
+fn session_body(shared: bool, record: &str) -> String {
     let m = suffix(shared);
     let granted = granted_to_session("k[w]", "a[w]", "b[w]", shared);
     let give_back = give_back(m);
@@ -435,24 +458,25 @@ fn session_body(shared: bool) -> String {
         "IF wait_us > 0 THEN {START_DEADLINE} END IF; \
          BEGIN \
            FOR i IN 1..greatest(cardinality(k), cardinality(a)) LOOP \
-             IF NOT (CASE WHEN a[i] IS NULL THEN pg_try_advisory_lock{m}(k[i]) \
-                          ELSE pg_try_advisory_lock{m}(a[i], b[i]) END) \
-             THEN \
+             n := CASE WHEN (CASE WHEN a[i] IS NULL THEN pg_try_advisory_lock{m}(k[i]) \
+                                  ELSE pg_try_advisory_lock{m}(a[i], b[i]) END) \
+                       THEN i ELSE n END; \
+             IF n IS DISTINCT FROM i THEN \
                IF wait_us = 0 THEN EXIT; END IF; \
                IF wait_us > 0 THEN {next_timeout} END IF; \
                w := i; waited := true; \
                IF a[i] IS NULL THEN PERFORM pg_advisory_lock{m}(k[i]); \
                ELSE PERFORM pg_advisory_lock{m}(a[i], b[i]); END IF; \
+               n := i; \
                w := NULL; \
              END IF; \
-             n := i; \
            END LOOP; \
            IF coalesce(n, 0) = greatest(cardinality(k), cardinality(a)) THEN \
-             outcome := set_config('alock.acquired', token, false); \
-             IF waited THEN \
-               outcome := 'waited'; \
-               IF wait_us > 0 THEN recorded := set_config('lock_timeout', saved, true); END IF; \
+             IF waited AND wait_us > 0 THEN \
+               recorded := set_config('lock_timeout', saved, true); \
              END IF; \
+             outcome := CASE WHEN waited THEN 'waited' ELSE token END; \
+             recorded := {record}; \
            END IF; \
          EXCEPTION WHEN OTHERS OR query_canceled THEN \
            outcome := NULL; \
@@ -539,7 +563,7 @@ pub(crate) fn acquire_block(
 ) -> String {
     let (k, a, b) = id_arrays(ids);
     let body = match (level, wait) {
-        (Level::Session, _) => session_body(shared),
+        (Level::Session, _) => session_body(shared, RECORD_IN_SETTING),
         (Level::Transaction, Wait::Until(_)) => xact_timed_body(shared),
         (Level::Transaction, Wait::No | Wait::Forever) => {
             return xact_block(&k, &a, &b, shared, wait);
@@ -606,14 +630,14 @@ fn xact_block(k: &str, a: &str, b: &str, shared: bool, wait: Wait) -> String {
 /// Creates them, as functions in `pg_temp`: private to the session, gone
 /// when it ends. One simple query.
 pub(crate) fn create_session_functions() -> String {
-    let mut sql = String::new();
+    let mut sql = format!("CREATE SEQUENCE IF NOT EXISTS {ACQUIRED_SEQUENCE}; ");
     for shared in [false, true] {
         let m = suffix(shared);
-        let body = session_body(shared);
+        let body = session_body(shared, RECORD_IN_SEQUENCE);
         let wait_one = wait_one_body(shared);
         let _ = write!(
             sql,
-            "CREATE OR REPLACE FUNCTION pg_temp.alock_v2_acquire{m}\
+            "CREATE OR REPLACE FUNCTION pg_temp.alock_v3_acquire{m}\
                (k int8[], a int4[], b int4[], wait_us int8, token text) \
              RETURNS text LANGUAGE plpgsql VOLATILE AS $alock$ DECLARE \
                {BODY_DECLARATIONS} \
@@ -621,7 +645,7 @@ pub(crate) fn create_session_functions() -> String {
                {body} \
                RETURN outcome; \
              END $alock$; \
-             CREATE OR REPLACE FUNCTION pg_temp.alock_v2_wait_one{m}\
+             CREATE OR REPLACE FUNCTION pg_temp.alock_v3_wait_one{m}\
                (k int8, a int4, b int4, wait_us int8) \
              RETURNS text LANGUAGE plpgsql VOLATILE AS $alock$ DECLARE \
                saved text; recorded text; released bool; held bool; tries int; \
@@ -641,12 +665,12 @@ pub(crate) fn create_session_functions() -> String {
 /// token. 1 round trip.
 pub(crate) const fn acquire_call(forms: Forms, shared: bool) -> &'static str {
     match (forms, shared) {
-        (Forms::Int8, false) => "SELECT pg_temp.alock_v2_acquire($1, NULL, NULL, $2, $3)",
-        (Forms::Int8, true) => "SELECT pg_temp.alock_v2_acquire_shared($1, NULL, NULL, $2, $3)",
-        (Forms::Pairs, false) => "SELECT pg_temp.alock_v2_acquire(NULL, $1, $2, $3, $4)",
-        (Forms::Pairs, true) => "SELECT pg_temp.alock_v2_acquire_shared(NULL, $1, $2, $3, $4)",
-        (Forms::Mixed, false) => "SELECT pg_temp.alock_v2_acquire($1, $2, $3, $4, $5)",
-        (Forms::Mixed, true) => "SELECT pg_temp.alock_v2_acquire_shared($1, $2, $3, $4, $5)",
+        (Forms::Int8, false) => "SELECT pg_temp.alock_v3_acquire($1, NULL, NULL, $2, $3)",
+        (Forms::Int8, true) => "SELECT pg_temp.alock_v3_acquire_shared($1, NULL, NULL, $2, $3)",
+        (Forms::Pairs, false) => "SELECT pg_temp.alock_v3_acquire(NULL, $1, $2, $3, $4)",
+        (Forms::Pairs, true) => "SELECT pg_temp.alock_v3_acquire_shared(NULL, $1, $2, $3, $4)",
+        (Forms::Mixed, false) => "SELECT pg_temp.alock_v3_acquire($1, $2, $3, $4, $5)",
+        (Forms::Mixed, true) => "SELECT pg_temp.alock_v3_acquire_shared($1, $2, $3, $4, $5)",
     }
 }
 
@@ -661,8 +685,9 @@ const FREE_FIRST_BROKEN: &str =
 
 /// Takes several ids of one form, when every one is free, without calling
 /// the session's function: the statement tries each id at transaction
-/// level, in order, and only if all were free takes them all at session
-/// level and records the token, in one expression. Otherwise, when it may
+/// level, in order, and only if all were free records the token in
+/// [`ACQUIRED_SEQUENCE`] and takes them all at session level, in one
+/// expression. Otherwise, when it may
 /// not wait, it reports `busy`; when it may, it calls the session's
 /// function ([`acquire_call`]), which takes, waits or gives back as usual.
 /// Outside a transaction only.
@@ -670,18 +695,20 @@ const FREE_FIRST_BROKEN: &str =
 /// Why it is safe:
 ///
 /// - The transaction-level tries end with the statement. If one is busy,
-///   or the statement fails part way (a cancel, a full lock table), they
-///   are given back with it, and no session-level lock was taken.
-/// - The session-level tries cannot fail or be interrupted part way. The
-///   session already holds each id, so each is granted at once without
-///   touching the shared lock table, and PostgreSQL checks for interrupts
-///   between rows and statements, not while it evaluates one expression.
-///   So the ids are taken all together, with the token, or not at all.
+///   or one fails (a full lock table), they are given back with it, and no
+///   session-level lock was taken.
+/// - The record and the session-level tries cannot fail or be interrupted
+///   part way. The session already holds each id, so each is granted at
+///   once without touching the shared lock table, and PostgreSQL checks for
+///   interrupts between rows and statements, not while it evaluates one
+///   expression. So the ids are taken all together, with the record, or
+///   not at all.
+/// - A cancel that arrives meanwhile is acted on after the expression: it
+///   fails the statement with the ids held and the record kept (a
+///   sequence's value is not transactional), and the caller's cleanup
+///   releases them.
 ///
-/// A failure before the session-level tries (a full lock table, a cancel)
-/// fails the statement rather than being reported as an outcome; nothing is
-/// held then. A busy id costs the tries, then, if the call may wait, the
-/// function.
+/// A busy id costs the tries, then, if the call may wait, the function.
 ///
 /// `None` for mixed forms, or fewer than 2 or more than [`FREE_FIRST_MAX`]
 /// ids: one text per count, form and mode, at most 60, each prepared by
@@ -741,10 +768,11 @@ fn free_first_text(forms: Forms, n: usize, shared: bool) -> String {
     };
     format!(
         "SELECT CASE WHEN {xact} \
-                THEN CASE WHEN {session} THEN set_config('alock.acquired', $2, false) \
+                THEN CASE WHEN setval('{ACQUIRED_SEQUENCE}', $2::int8) IS NOT NULL \
+                               AND {session} THEN $2 \
                           ELSE '{FREE_FIRST_BROKEN}' END \
                 WHEN $1 = 0 THEN 'busy' \
-                ELSE pg_temp.alock_v2_acquire{m}({call}, $1, $2) END",
+                ELSE pg_temp.alock_v3_acquire{m}({call}, $1, $2) END",
         xact = tries("pg_try_advisory_xact_lock"),
         session = tries("pg_try_advisory_lock"),
     )
@@ -801,7 +829,10 @@ pub(crate) fn cleanup_if_acquired(ids: &[LockId], shared: bool, token: u64) -> S
     unlock_where(
         ids,
         shared,
-        &format!("current_setting('alock.acquired', true) = '{token}'"),
+        &format!(
+            "(pg_sequence_last_value(to_regclass('{ACQUIRED_SEQUENCE}')) = {token} \
+              OR current_setting('alock.acquired', true) = '{token}')"
+        ),
     )
 }
 
@@ -863,7 +894,7 @@ mod tests {
         ));
         assert!(
             text.contains(
-                "pg_temp.alock_v2_acquire(ARRAY[$3, $4, $5]::int8[], NULL, NULL, $1, $2)"
+                "pg_temp.alock_v3_acquire(ARRAY[$3, $4, $5]::int8[], NULL, NULL, $1, $2)"
             )
         );
         let text = free_first(Forms::Pairs, 2, true).unwrap();
