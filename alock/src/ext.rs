@@ -71,7 +71,11 @@ pub trait AdvisoryLockExt: sealed::Connection {
     /// [`Error::Deadlock`], [`Error::LockTimeout`] (the session's own
     /// `lock_timeout`), [`Error::Canceled`], [`Error::LockTableFull`], or
     /// [`Error::Database`]. Whatever the error, none of the ids is left held
-    /// by this call, and no wait that fails aborts an enclosing transaction.
+    /// by this call once the connection is used again: a cancel or
+    /// `statement_timeout` that the server acts on only after the statement
+    /// took the ids fails it with the ids held, and the release it queues
+    /// then runs before the connection's next statement. No wait that fails aborts an enclosing
+    /// transaction.
     ///
     /// # Cancel safety
     ///
@@ -79,7 +83,10 @@ pub trait AdvisoryLockExt: sealed::Connection {
     /// runs before its next use, after the abandoned wait ends on the server,
     /// and only if that wait took the ids: the session does not end up
     /// holding them, and the abandoned wait's outcome never reaches a later
-    /// query. The connection's next use waits for the abandoned wait to end;
+    /// query, unless the statement failed as a whole (the lock table full
+    /// while it tried, a cancel acted on after it took the ids): sqlx then
+    /// hands that error to the next query, once. The connection's next use
+    /// waits for the abandoned wait to end;
     /// to bound a wait, use
     /// [`lock_exclusive_timeout`](Self::lock_exclusive_timeout), which waits
     /// on the server and returns by itself. Inside a transaction begun
@@ -114,7 +121,10 @@ pub trait AdvisoryLockExt: sealed::Connection {
     /// # Errors
     ///
     /// [`Error::LockTableFull`], [`Error::Canceled`], or
-    /// [`Error::Database`]; none of the ids is left held by this call.
+    /// [`Error::Database`]; none of the ids is left held by this call once the connection is used again: a cancel or
+    /// `statement_timeout` that the server acts on only after the statement
+    /// took the ids fails it with the ids held, and the release it queues
+    /// then runs before the connection's next statement.
     ///
     /// # Cancel safety
     ///

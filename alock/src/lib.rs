@@ -53,7 +53,7 @@
 //! - Keys: [`LockId`], [`AdvisoryKey`] (one lock id; derive it with
 //!   [`#[derive(AdvisoryKey)]`](derive@AdvisoryKey)), [`AdvisoryKeys`] (a
 //!   sequence of them: every API takes one key, an array, a slice, a `Vec`
-//!   or a tuple), [`namespace`].
+//!   or a tuple), [`namespace`](fn@namespace).
 //! - The sqlx way: [`AdvisoryLockExt`] on `PgConnection` (guards, scoped
 //!   locks, transaction-level locks, `BEGIN` with a lock), returning
 //!   [`LockGuard`]; [`PoolAdvisoryLockExt`] on `PgPool`, returning
@@ -110,9 +110,15 @@
 //! acquires fail with [`Error::LockTableFull`] and give back what they took.
 //! Outside a transaction, up to 16 free ids of one form are taken by one
 //! plain statement that tries them at transaction level first and then
-//! takes them all at session level; a try that fails as a statement (a full
-//! lock table, a cancel) has taken nothing, but like a single id's try, its
-//! error reaches the next query if the future was dropped meanwhile.
+//! takes them all at session level, in one expression the server does not
+//! interrupt. PostgreSQL acts on a cancel or `statement_timeout` between
+//! expressions, so one that arrives while a statement takes ids may fail
+//! it after it took them all: every acquire of several ids records that it
+//! took them in a sequence of the session, which an abort does not undo,
+//! and the release queued for a failed statement reads it. A statement that
+//! fails as a whole (that, or a full lock table while it tries) is also the
+//! one case where an abandoned acquire's error reaches the next query on
+//! the connection, once, as for a single id's try.
 //! Several ids and every wait run a PL/pgSQL body: outside a transaction as
 //! functions the session creates in `pg_temp` on first need (three extra
 //! round trips, once per session), inside a transaction as an anonymous
@@ -124,8 +130,8 @@
 //! role without the `TEMP` privilege), every session of the process takes
 //! the same locks through a try and the anonymous block: one more round trip
 //! when a single id has to wait. The crate records its per-call bookkeeping
-//! in the session settings `alock.acquired`, `alock.released` and
-//! `alock.outcome`.
+//! in the sequence `pg_temp.alock_v3_acquired` and the session settings
+//! `alock.acquired`, `alock.released` and `alock.outcome`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -156,8 +156,11 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
     /// [`Error::Deadlock`], [`Error::LockTimeout`] (the session's own
     /// `lock_timeout`), [`Error::Canceled`] (`statement_timeout`, a cancel),
     /// [`Error::LockTableFull`], or [`Error::Database`] when the connection
-    /// fails. Whatever the error, none of the ids is left held by this call,
-    /// and an enclosing transaction is not aborted.
+    /// fails. Whatever the error, none of the ids is left held by this call
+    /// once the connection is used again: a cancel or `statement_timeout`
+    /// that the server acts on only after the statement took the ids fails
+    /// it with the ids held, and the release it queues then runs before the
+    /// connection's next statement. An enclosing transaction is not aborted.
     ///
     /// # Cancel safety
     ///
