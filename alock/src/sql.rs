@@ -17,13 +17,16 @@
 //!   ever reaches it. Transaction-level locks without a deadline get the
 //!   shortest block that does the work ([`xact_block`]). One round trip
 //!   either way. Every body takes the ids in order, catches every error
-//!   (deadlock, `lock_timeout`, cancel, full lock table), gives back whatever
-//!   it took before the error, and reports the outcome as data. So the call
-//!   is all or nothing, an enclosing transaction is never aborted, and a
-//!   response nobody reads (the caller's future was dropped) never surfaces
-//!   as an error on a later, unrelated query. The one exception is the first
-//!   call on a session that lacks its functions, which fails before it
-//!   creates them (see `prepare_session`).
+//!   raised inside it (deadlock, `lock_timeout`, cancel, full lock table),
+//!   gives back whatever it took before the error, and reports the outcome
+//!   as data. So the call is all or nothing, an enclosing transaction is
+//!   never aborted, and a response nobody reads (the caller's future was
+//!   dropped) does not surface as an error on a later, unrelated query. The
+//!   exceptions fail the statement as a whole: the first call on a session
+//!   that lacks its functions (see `prepare_session`), and a cancel that
+//!   PostgreSQL acts on outside the body's block (after it returns, or in
+//!   the few statements around its give-back); the cleanup below releases
+//!   what such a statement took, as its record shows.
 //! - **Several free ids, outside a transaction**: up to
 //!   [`FREE_FIRST_MAX`] ids of one form first go through a plain statement
 //!   ([`free_first`]) that tries them at transaction level and, when all are
@@ -306,24 +309,28 @@ pub(crate) const BUSY_SQLSTATE: &str = "AL000";
 pub(crate) const ACQUIRED_SEQUENCE: &str = "pg_temp.alock_v3_acquired";
 
 /// How the functions record a successful acquire: in [`ACQUIRED_SEQUENCE`].
-const RECORD_IN_SEQUENCE: &str = "setval('pg_temp.alock_v3_acquired', token::int8)";
+const RECORD_IN_SEQUENCE: &str = "setval('pg_temp.alock_v3_acquired', token::int8)::text";
 
 /// How the anonymous block records it, on sessions that may not have the
 /// sequence: in the setting `alock.acquired`, which an abort after the
 /// block returns does undo.
 const RECORD_IN_SETTING: &str = "set_config('alock.acquired', token, false)";
 
-/// Gives back ids `n` down to 1, each exactly once, even if an interrupt
-/// (a cancel, `statement_timeout`) lands part way: each unlock runs in a
-/// block of its own that is retried, a bounded number of times, until it
-/// completes; `n` counts down in the same statement as each unlock, so an
-/// interrupt lands either before both or after both.
+/// Gives back ids `n` down to 1, each once, even if an interrupt (a cancel,
+/// `statement_timeout`) lands part way: the loop runs inside a block that
+/// catches it and is retried, a bounded number of times; `n` counts down in
+/// the same statement as each unlock, so an interrupt lands before both or
+/// after both. PL/pgSQL checks for interrupts before every statement, so
+/// one that lands just before the block is entered is not caught: a
+/// statement-sized window, on error paths only.
 fn give_back(m: &str) -> String {
     format!(
         "WHILE n > 0 AND tries < 100 LOOP \
            BEGIN \
-             n := n - 1 + 0 * (CASE WHEN a[n] IS NULL THEN pg_advisory_unlock{m}(k[n]) \
-                                    ELSE pg_advisory_unlock{m}(a[n], b[n]) END)::int; \
+             WHILE n > 0 LOOP \
+               n := n - 1 + 0 * (CASE WHEN a[n] IS NULL THEN pg_advisory_unlock{m}(k[n]) \
+                                      ELSE pg_advisory_unlock{m}(a[n], b[n]) END)::int; \
+             END LOOP; \
            EXCEPTION WHEN OTHERS OR query_canceled THEN tries := tries + 1; \
            END; \
          END LOOP;"
@@ -380,7 +387,7 @@ fn wait_one_body(shared: bool) -> String {
          WHILE held AND tries < 100 LOOP \
            BEGIN \
              held := (CASE WHEN a IS NULL THEN pg_advisory_unlock{m}(k) \
-                           ELSE pg_advisory_unlock{m}(a, b) END) AND false; \
+                           ELSE pg_advisory_unlock{m}(a, b) END) IS NULL; \
            EXCEPTION WHEN OTHERS OR query_canceled THEN tries := tries + 1; \
            END; \
          END LOOP; \
@@ -630,7 +637,13 @@ fn xact_block(k: &str, a: &str, b: &str, shared: bool, wait: Wait) -> String {
 /// Creates them, as functions in `pg_temp`: private to the session, gone
 /// when it ends. One simple query.
 pub(crate) fn create_session_functions() -> String {
-    let mut sql = format!("CREATE SEQUENCE IF NOT EXISTS {ACQUIRED_SEQUENCE}; ");
+    // Granted to PUBLIC so that a session that changes role (`SET ROLE`)
+    // can still record and read: a temporary object is reachable from its
+    // own session only.
+    let mut sql = format!(
+        "CREATE SEQUENCE IF NOT EXISTS {ACQUIRED_SEQUENCE}; \
+         GRANT SELECT, UPDATE ON SEQUENCE {ACQUIRED_SEQUENCE} TO PUBLIC; "
+    );
     for shared in [false, true] {
         let m = suffix(shared);
         let body = session_body(shared, RECORD_IN_SEQUENCE);
@@ -822,15 +835,19 @@ pub(crate) fn cleanup_if_held(id: LockId, shared: bool) -> String {
     )
 }
 
-/// Releases `ids` only if the acquire that recorded `token` in
-/// `alock.acquired` took them. Queued from `Drop` when an acquire's response
-/// will never be read.
+/// Releases `ids` only if the acquire that recorded `token` (in
+/// [`ACQUIRED_SEQUENCE`], or in `alock.acquired` for the anonymous block)
+/// took them. Queued from `Drop` when an acquire's response will never be
+/// read, or its statement failed as a whole. Never fails: a session without
+/// the sequence, or whose role may not read it, reads NULL.
 pub(crate) fn cleanup_if_acquired(ids: &[LockId], shared: bool, token: u64) -> String {
     unlock_where(
         ids,
         shared,
         &format!(
-            "(pg_sequence_last_value(to_regclass('{ACQUIRED_SEQUENCE}')) = {token} \
+            "(CASE WHEN has_sequence_privilege(to_regclass('{ACQUIRED_SEQUENCE}'), 'SELECT') \
+                   THEN pg_sequence_last_value(to_regclass('{ACQUIRED_SEQUENCE}')) = {token} \
+              END \
               OR current_setting('alock.acquired', true) = '{token}')"
         ),
     )
