@@ -1,7 +1,8 @@
 //! The operations every lock form is built from, on a bare `PgConnection`.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
@@ -475,9 +476,26 @@ pub(crate) fn release_on_drop(conn: &mut PgConnection, ids: &[LockId], shared: b
     }
 }
 
+/// A token for one call: unique within the process, and, since a session
+/// keeps the last recorded token for its whole life and a pooler may hand it
+/// to another process, starting from a per-process value (the process id
+/// and the time, mixed) rather than from 1. Between 1 and `i64::MAX`, as the
+/// server stores it in a sequence.
 fn next_token() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+    static NEXT: OnceLock<AtomicU64> = OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut z = nanos ^ (u64::from(std::process::id()) << 32);
+        // SplitMix64's finaliser: neighbouring inputs, distant outputs.
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        // Room for 2^40 calls before the top bit.
+        AtomicU64::new((z >> 24).max(1))
+    });
+    next.fetch_add(1, Ordering::Relaxed)
 }
 
 /// What a statement whose response was never read leaves to clean up.
