@@ -4,7 +4,7 @@
 use alock::{Error, ExclusiveLock, LockId, ShareLock};
 use alock_dev::{
     Held, TestServer, assert_answers, backend_pid, connect, held, hold_elsewhere, is_free, lock_on,
-    set_lock_timeout, unique_key, unique_keys, until_waiting,
+    set_lock_timeout, unique_key, unique_keys, until_gone, until_waiting,
 };
 use sqlx::{Connection, PgConnection};
 
@@ -550,4 +550,103 @@ async fn cancels_at_random_moments_never_leave_ids_held() {
         cancelled > 0,
         "no acquire was ever cancelled: the test proved nothing"
     );
+}
+
+/// The lock is handed to a waiting session at the moment its wait is
+/// cancelled (the holder unlocks and cancels in one statement): whatever
+/// the acquire then returns, the waiting session holds the id exactly when
+/// it says it took it, once its connection has been used again.
+#[tokio::test]
+async fn a_single_wait_cancelled_as_it_is_granted_holds_the_id_only_if_it_says_so() {
+    let id = unique_key();
+    let LockId::Int4Pair(key1, key2) = id else {
+        unreachable!("test keys are pairs")
+    };
+    let mut observer = connect().await;
+    let mut conn = connect().await;
+    alock::prepare_session(&mut conn).await.unwrap();
+    let pid = backend_pid(&mut conn).await;
+    for _ in 0..20 {
+        let mut holder = hold_elsewhere(id).await;
+        let waiter = tokio::spawn(async move {
+            let mut lock = ExclusiveLock::new(conn, id);
+            let taken = lock.acquire().await;
+            (taken, lock)
+        });
+        until_waiting(&mut observer, pid).await;
+        sqlx::query("SELECT pg_advisory_unlock($1, $2), pg_cancel_backend($3)")
+            .bind(key1)
+            .bind(key2)
+            .bind(pid)
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let (taken, mut lock) = waiter.await.unwrap();
+        match taken {
+            Ok(()) => {
+                assert_eq!(held(&mut observer, pid, id).await, Held::Exclusive);
+                lock.release().await.unwrap();
+            }
+            Err(Error::Canceled(_)) => {}
+            Err(e) => panic!("unexpected error: {e:?}"),
+        }
+        conn = lock.into_inner();
+        assert_answers(&mut conn, "the wait left an error behind").await;
+        assert_eq!(held(&mut observer, pid, id).await, Held::Nothing);
+    }
+}
+
+/// A session that changes role after it made its functions and their
+/// sequence (`SET ROLE`) still takes and gives back several ids, and the
+/// cleanup of an acquire abandoned mid-flight neither fails nor leaves
+/// them held.
+#[tokio::test]
+async fn a_session_that_changed_role_still_records_and_cleans_up() {
+    let role = format!("alock_test_role_{}", std::process::id());
+    let mut admin = connect().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role}"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let mut conn = connect().await;
+    alock::prepare_session(&mut conn).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET ROLE {role}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let pid = backend_pid(&mut conn).await;
+    let mut observer = connect().await;
+    for ids in [unique_keys(3), unique_keys(20)] {
+        let mut lock = ExclusiveLock::new(&mut conn, &ids);
+        lock.acquire().await.unwrap();
+        lock.release().await.unwrap();
+        drop(lock);
+        // Abandoned after its statement is sent: the cleanup it queues
+        // reads the sequence as the changed role.
+        {
+            let mut lock = ExclusiveLock::new(&mut conn, &ids);
+            let acquire = std::pin::pin!(lock.acquire());
+            let _ = futures_poll_once(acquire);
+        }
+        assert_answers(&mut conn, "the cleanup failed under SET ROLE").await;
+        for id in &ids {
+            assert_eq!(held(&mut observer, pid, *id).await, Held::Nothing);
+        }
+    }
+    conn.close().await.unwrap();
+    until_gone(&mut observer, pid).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE {role}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
+/// Polls `future` once, as a caller that gives up on it at once would.
+fn futures_poll_once<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> bool {
+    let waker = std::task::Waker::noop();
+    future
+        .poll(&mut std::task::Context::from_waker(waker))
+        .is_ready()
 }

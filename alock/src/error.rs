@@ -7,8 +7,11 @@ use std::fmt;
 /// A lock that could not be had within a caller's timeout, or at once for the
 /// `try_` forms, is not an error: those methods return `Ok(false)` or
 /// `Ok(None)`. Whatever the error, the call that returns it leaves none of
-/// its own ids held; holds the session has through other lock objects are
-/// untouched. The errors the server reports while a lock waits (deadlock,
+/// its own ids held once the connection is used again (a cancel that the
+/// server acts on after a statement took the ids fails it with them held,
+/// and the release queued for it runs first); holds the session has
+/// through other lock objects are untouched. The known exceptions are
+/// listed in the crate documentation. The errors the server reports while a lock waits (deadlock,
 /// timeouts, cancel, a full lock table) are caught on the server, so they do
 /// not abort an enclosing transaction.
 #[derive(Debug, thiserror::Error)]

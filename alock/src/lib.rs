@@ -113,9 +113,13 @@
 //! takes them all at session level, in one expression the server does not
 //! interrupt. PostgreSQL acts on a cancel or `statement_timeout` between
 //! expressions, so one that arrives while a statement takes ids may fail
-//! it after it took them all: every acquire of several ids records that it
-//! took them in a sequence of the session, which an abort does not undo,
-//! and the release queued for a failed statement reads it. A statement that
+//! it after it took them all: outside a transaction, every acquire of
+//! several ids records that it took them in a sequence of the session,
+//! which an abort does not undo, and the release queued for a failed
+//! statement reads it. The anonymous block (inside a transaction, or on
+//! sessions that cannot have the functions) records in a setting, which
+//! the abort does undo: a cancel acted on in the moment after such a block
+//! returns leaves its ids with the session. A statement that
 //! fails as a whole (that, or a full lock table while it tries) is also the
 //! one case where an abandoned acquire's error reaches the next query on
 //! the connection, once, as for a single id's try.

@@ -8,8 +8,9 @@
 //!
 //! Outside a transaction the function is simply called; if the session does
 //! not have it yet (or lost it to `DISCARD TEMP`), the call fails with
-//! "function does not exist", which there aborts nothing, and the functions
-//! are created and the call made again. Inside a transaction a failed call
+//! "function does not exist" (or, for the free-first statement, "relation
+//! does not exist" for the sequence), which there aborts nothing, and the
+//! functions and the sequence are created and the call made again. Inside a transaction a failed call
 //! would abort the caller's transaction, so there, and on sessions that
 //! cannot have the functions, the locks are taken by a try and the
 //! anonymous block.
