@@ -1363,22 +1363,18 @@ fn print_handoffs(settings: &Settings, handoffs: &Handoffs) {
 }
 
 impl Handoffs {
-    /// alock's rate over raw SQL's, per pair of adjacent runs.
+    /// alock's rate over raw SQL's, per turn.
     fn ratios(&self) -> Vec<f64> {
-        self.alock
-            .iter()
-            .zip(&self.raw)
-            .map(|(a, r)| a / r)
-            .collect()
+        self.over_raw(&self.alock)
     }
 
     /// The control's rate over raw SQL's, per turn.
     fn control_ratios(&self) -> Vec<f64> {
-        self.control
-            .iter()
-            .zip(&self.raw)
-            .map(|(c, r)| c / r)
-            .collect()
+        self.over_raw(&self.control)
+    }
+
+    fn over_raw(&self, rates: &[f64]) -> Vec<f64> {
+        rates.iter().zip(&self.raw).map(|(x, r)| x / r).collect()
     }
 }
 
