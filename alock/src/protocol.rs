@@ -414,13 +414,14 @@ pub(crate) async fn release(
         cleanup: Some(Cleanup::UnlessReleased),
     };
     let token = token.to_string();
-    // Each unlock's answer: `false` when the session no longer held the id.
-    let released: sqlx::Result<Vec<bool>> = match ids {
+    // How many unlocks the server answered `false`: ids the session no
+    // longer held.
+    let missing: sqlx::Result<usize> = match ids {
         [id] => bind_id!(sqlx::query_scalar(sql::unlock_one(*id, shared)), *id)
             .bind(token)
             .fetch_one(&mut *flight.conn)
             .await
-            .map(|held| vec![held]),
+            .map(|held: bool| usize::from(!held)),
         _ => {
             let forms = Forms::of(ids);
             let arrays = bind_arrays(ids.iter().rev());
@@ -432,14 +433,11 @@ pub(crate) async fn release(
             .bind(token)
             .fetch_all(&mut *flight.conn)
             .await
+            .map(|answers: Vec<bool>| answers.into_iter().filter(|held| !held).count())
         }
     };
     flight.cleanup = None;
-    let missing = released
-        .map_err(Error::from_sqlx)?
-        .into_iter()
-        .filter(|held| !held)
-        .count();
+    let missing = missing.map_err(Error::from_sqlx)?;
     match missing {
         0 => Ok(()),
         _ => Err(Error::Lost {
