@@ -60,6 +60,33 @@ pub fn unique_keys(n: usize) -> Vec<LockId> {
     (0..n).map(|_| unique_key()).collect()
 }
 
+/// `n` int8 keys, as unique as [`unique_key`]'s pairs: the pair's two halves
+/// as one int8, which the server keeps as a different lock (`objsubid` 1,
+/// not 2).
+pub fn unique_int8_keys(n: usize) -> Vec<LockId> {
+    unique_keys(n)
+        .into_iter()
+        .map(|id| match id {
+            LockId::Int4Pair(a, b) => LockId::Int8((i64::from(a) << 32) | i64::from(b as u32)),
+            other => other,
+        })
+        .collect()
+}
+
+/// A new session whose `deadlock_timeout` is `timeout`, and its pid: two
+/// sessions with different timeouts decide which of them the deadlock
+/// detector cancels.
+pub async fn session_with_deadlock_timeout(timeout: &str) -> (PgConnection, i32) {
+    let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
+    sqlx::query("SELECT set_config('deadlock_timeout', $1, false)")
+        .bind(timeout)
+        .execute(&mut conn)
+        .await
+        .expect("set deadlock_timeout");
+    (conn, pid)
+}
+
 /// The advisory lock a session holds on one id, as `pg_locks` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Held {

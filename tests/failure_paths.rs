@@ -4,7 +4,8 @@
 use alock::{Error, ExclusiveLock, LockId, ShareLock};
 use alock_dev::{
     Held, TestServer, assert_answers, backend_pid, connect, held, hold_elsewhere, is_free, lock_on,
-    set_lock_timeout, unique_key, unique_keys, until_gone, until_waiting,
+    session_with_deadlock_timeout, set_lock_timeout, unique_int8_keys, unique_key, unique_keys,
+    until_gone, until_waiting,
 };
 use sqlx::{Connection, PgConnection};
 
@@ -34,21 +35,11 @@ async fn deadlock_is_typed_and_leaves_nothing_of_the_call() {
     let [a, b, free] = unique_keys(3).try_into().unwrap();
     let mut observer = connect().await;
 
-    let mut first = connect().await;
-    let first_pid = backend_pid(&mut first).await;
-    sqlx::query("SET deadlock_timeout = '10s'")
-        .execute(&mut first)
-        .await
-        .unwrap();
+    let (first, first_pid) = session_with_deadlock_timeout("10s").await;
     let mut first_a = ExclusiveLock::new(first, a);
     first_a.acquire().await.unwrap();
 
-    let mut second = connect().await;
-    let second_pid = backend_pid(&mut second).await;
-    sqlx::query("SET deadlock_timeout = '50ms'")
-        .execute(&mut second)
-        .await
-        .unwrap();
+    let (mut second, second_pid) = session_with_deadlock_timeout("50ms").await;
     let mut tx = second.begin().await.unwrap();
     let mut second_b = ExclusiveLock::new(&mut *tx, b);
     second_b.acquire().await.unwrap();
@@ -396,18 +387,8 @@ async fn a_dropped_single_wait_gives_back_only_its_own_grant() {
 async fn a_single_id_deadlock_is_typed_and_leaves_the_other_holds() {
     let [x, y] = unique_keys(2).try_into().unwrap();
     let mut observer = connect().await;
-    let mut first = connect().await;
-    let first_pid = backend_pid(&mut first).await;
-    sqlx::query("SET deadlock_timeout = '10s'")
-        .execute(&mut first)
-        .await
-        .unwrap();
-    let mut second = connect().await;
-    let second_pid = backend_pid(&mut second).await;
-    sqlx::query("SET deadlock_timeout = '50ms'")
-        .execute(&mut second)
-        .await
-        .unwrap();
+    let (first, first_pid) = session_with_deadlock_timeout("10s").await;
+    let (second, second_pid) = session_with_deadlock_timeout("50ms").await;
     let mut first_x = ExclusiveLock::new(first, x);
     first_x.acquire().await.unwrap();
     let mut second_y = ExclusiveLock::new(second, y);
@@ -495,13 +476,7 @@ async fn cancels_at_random_moments_never_leave_ids_held() {
     };
 
     let pairs = unique_keys(16);
-    let int8s: Vec<LockId> = unique_keys(2)
-        .into_iter()
-        .map(|id| match id {
-            LockId::Int4Pair(a, b) => LockId::Int8((i64::from(a) << 32) | i64::from(b)),
-            LockId::Int8(_) => unreachable!("test keys are pairs"),
-        })
-        .collect();
+    let int8s = unique_int8_keys(2);
     // The free-first statement, in both forms. The function's path (more
     // than 16 ids, mixed forms) is left out: under load it left one id of
     // twenty held after a cancel about once in ten runs, for a reason not

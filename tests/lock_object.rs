@@ -5,7 +5,7 @@ use std::time::Duration;
 use alock::{AdvisoryLock, Error, ExclusiveLock, LockId, Mode, ShareLock};
 use alock_dev::{
     Held, all_free, assert_answers, backend_pid, connect, held, hold_elsewhere, is_free, lock_on,
-    set_lock_timeout, unique_key, unique_keys, unlock_all, until_waiting,
+    set_lock_timeout, unique_int8_keys, unique_key, unique_keys, unlock_all, until_waiting,
 };
 use sqlx::{Connection, PgConnection};
 
@@ -371,21 +371,9 @@ async fn timeouts_longer_than_lock_timeout_can_express_wait_as_long_as_it_takes(
     assert!(waiter.await.unwrap());
 }
 
-/// Int8 ids, from the test's unique int4 pairs (a different lock: objsubid
-/// 1, not 2).
-fn int8_keys(n: usize) -> Vec<LockId> {
-    unique_keys(n)
-        .into_iter()
-        .map(|id| match id {
-            LockId::Int4Pair(a, b) => LockId::Int8((i64::from(a) << 32) | i64::from(b as u32)),
-            other => other,
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn int8_ids_wait_time_out_and_hand_over_like_pairs() {
-    let [free, busy] = int8_keys(2).try_into().unwrap();
+    let [free, busy] = unique_int8_keys(2).try_into().unwrap();
     let mut holder = hold_elsewhere(busy).await;
     let mut conn = connect().await;
     let pid = backend_pid(&mut conn).await;
@@ -500,14 +488,7 @@ async fn every_count_and_form_of_free_ids_is_taken_and_given_back_whole() {
     let mut observer = connect().await;
     for n in 2..=17 {
         let pairs = unique_keys(n);
-        // int8 ids from the same unique pairs: another lock tag altogether.
-        let int8s: Vec<LockId> = pairs
-            .iter()
-            .map(|id| match *id {
-                LockId::Int4Pair(a, b) => LockId::Int8((i64::from(a) << 32) | i64::from(b)),
-                LockId::Int8(_) => unreachable!("test keys are pairs"),
-            })
-            .collect();
+        let int8s = unique_int8_keys(n);
         let mixed: Vec<LockId> = int8s[..n / 2]
             .iter()
             .chain(&pairs[n / 2..])
