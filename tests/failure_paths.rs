@@ -40,8 +40,7 @@ async fn deadlock_is_typed_and_leaves_nothing_of_the_call() {
     first_a.acquire().await.unwrap();
 
     let (mut second, second_pid) = session_with_deadlock_timeout("50ms").await;
-    let mut tx = second.begin().await.unwrap();
-    let mut second_b = ExclusiveLock::new(&mut *tx, b);
+    let mut second_b = ExclusiveLock::new(&mut second, b);
     second_b.acquire().await.unwrap();
 
     let first_waits = tokio::spawn(async move {
@@ -64,12 +63,48 @@ async fn deadlock_is_typed_and_leaves_nothing_of_the_call() {
     assert_only_prior_hold_remains(&mut observer, second_pid, b, free).await;
     assert_eq!(held(&mut observer, second_pid, a).await, Held::Nothing);
 
-    assert_answers(second_b.as_mut(), "the deadlock aborted the transaction").await;
+    assert_answers(second_b.as_mut(), "the deadlock left an error").await;
     second_b.release().await.unwrap();
     drop(second_b);
-    tx.commit().await.unwrap();
     let mut first_a = first_waits.await.unwrap();
     first_a.release().await.unwrap();
+    assert!(is_free(a).await && is_free(b).await && is_free(free).await);
+}
+
+#[tokio::test]
+async fn a_transaction_level_deadlock_is_typed_and_keeps_the_transaction() {
+    use alock::prelude::*;
+    let [a, b, free] = unique_keys(3).try_into().unwrap();
+    let mut observer = connect().await;
+
+    let (first, first_pid) = session_with_deadlock_timeout("10s").await;
+    let mut first_a = ExclusiveLock::new(first, a);
+    first_a.acquire().await.unwrap();
+
+    let (mut second, second_pid) = session_with_deadlock_timeout("50ms").await;
+    let mut tx = second.begin().await.unwrap();
+    tx.xact_lock_exclusive(b).await.unwrap();
+
+    let first_waits = tokio::spawn(async move {
+        let mut first_b = ExclusiveLock::new(&mut first_a, b);
+        first_b.acquire().await.unwrap();
+        first_b.release().await.unwrap();
+        drop(first_b);
+        first_a.release().await.unwrap();
+    });
+    until_waiting(&mut observer, first_pid).await;
+
+    let err = tx.xact_lock_exclusive([b, free, a]).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Deadlock(ref e) if e.code() == "40P01"),
+        "{err:?}"
+    );
+    assert_eq!(held(&mut observer, second_pid, free).await, Held::Nothing);
+    assert_eq!(held(&mut observer, second_pid, a).await, Held::Nothing);
+    assert_eq!(held(&mut observer, second_pid, b).await, Held::Exclusive);
+    assert_answers(&mut tx, "the deadlock aborted the transaction").await;
+    tx.commit().await.unwrap();
+    first_waits.await.unwrap();
     assert!(is_free(a).await && is_free(b).await && is_free(free).await);
 }
 

@@ -429,7 +429,7 @@ async fn begin_locked_waits_for_a_busy_id_and_fails_without_a_transaction() {
 }
 
 #[tokio::test]
-async fn guards_work_on_pool_connections_and_transactions_through_deref() {
+async fn guards_work_on_pool_connections_and_transactions_begin_through_them() {
     let id = unique_key();
     let pool = pool_of_one().await;
     let mut conn = pool.acquire().await.unwrap();
@@ -439,11 +439,16 @@ async fn guards_work_on_pool_connections_and_transactions_through_deref() {
         .release()
         .await
         .unwrap();
-    let mut tx = conn.begin().await.unwrap();
-    let guard = tx.lock_exclusive(id).await.unwrap();
+    let mut guard = conn.lock_exclusive(id).await.unwrap();
+    let mut tx = guard.begin().await.unwrap();
+    assert!(matches!(
+        tx.lock_exclusive(id).await,
+        Err(Error::InTransaction)
+    ));
+    tx.xact_lock_exclusive(id).await.unwrap();
+    tx.commit().await.unwrap();
     assert!(!is_free(id).await);
     guard.release().await.unwrap();
-    tx.commit().await.unwrap();
     assert!(is_free(id).await);
 }
 

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use alock::prelude::*;
 use alock::{AdvisoryLock, Error, ExclusiveLock, LockId, Mode, ShareLock};
 use alock_dev::{
     Held, all_free, assert_answers, backend_pid, connect, held, hold_elsewhere, is_free, lock_on,
@@ -221,23 +222,19 @@ async fn acquire_timeout_leaves_lock_timeout_as_it_found_it() {
         .execute(&mut *tx)
         .await
         .unwrap();
-    let mut lock = ExclusiveLock::new(&mut *tx, [free, busy]);
+    for ids in [vec![busy], vec![free, busy]] {
+        assert!(
+            !tx.xact_lock_exclusive_timeout(&ids, Duration::from_millis(20))
+                .await
+                .unwrap()
+        );
+        assert_eq!(lock_timeout_of(&mut tx).await, "3s");
+    }
     assert!(
-        !lock
-            .acquire_timeout(Duration::from_millis(20))
+        tx.xact_lock_exclusive_timeout(free, Duration::from_millis(20))
             .await
             .unwrap()
     );
-    drop(lock);
-    assert_eq!(lock_timeout_of(&mut tx).await, "3s");
-    let mut lock = ExclusiveLock::new(&mut *tx, [free]);
-    assert!(
-        lock.acquire_timeout(Duration::from_millis(20))
-            .await
-            .unwrap()
-    );
-    lock.release().await.unwrap();
-    drop(lock);
     assert_eq!(lock_timeout_of(&mut tx).await, "3s");
     assert_answers(&mut tx, "the timeout aborted the transaction").await;
     tx.commit().await.unwrap();

@@ -3,8 +3,9 @@
 //!
 //! From `Drop` nothing can be awaited. alock queues its unlock through
 //! `Connection::begin_with`, whose first poll writes the statement before
-//! waiting for anything; inside a transaction it polls an ordinary query
-//! once, which writes at once on an idle connection.
+//! waiting for anything, outside transactions; inside one nothing can be
+//! queued behind a pending response, which is why session-level locks are
+//! refused there.
 
 use std::future::Future;
 use std::pin::pin;
@@ -38,28 +39,6 @@ async fn a_drop_releases_even_while_an_abandoned_query_is_in_flight() {
 }
 
 #[tokio::test]
-async fn a_drop_inside_a_transaction_releases_and_keeps_the_transaction() {
-    let id = unique_key();
-    let mut conn = connect().await;
-    let mut tx = conn.begin().await.unwrap();
-    sqlx::query("SET LOCAL lock_timeout = '4s'")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    let mut lock = ExclusiveLock::new(&mut *tx, id);
-    lock.acquire().await.unwrap();
-    drop(lock);
-
-    let timeout: String = sqlx::query_scalar("SHOW lock_timeout")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-    assert_eq!(timeout, "4s", "the queued unlock ended the transaction");
-    assert!(is_free(id).await);
-    tx.commit().await.unwrap();
-}
-
-#[tokio::test]
 async fn begin_with_writes_its_statement_before_waiting() {
     // The mechanism itself, without alock: queue a lock through begin_with
     // while the connection is busy, and see it taken by the next use.
@@ -85,88 +64,85 @@ async fn begin_with_writes_its_statement_before_waiting() {
 }
 
 #[tokio::test]
-async fn inside_a_transaction_a_busy_connection_cannot_queue_the_unlock() {
-    // The documented limit of releasing from Drop: inside a transaction,
-    // with another response still pending, sqlx offers no public way to
-    // queue a statement, and the session keeps the lock. If a future sqlx
-    // lifts this, this test fails and the documentation can say so.
+async fn inside_a_transaction_nothing_can_be_queued_behind_a_pending_response() {
+    // Why session-level locks are refused inside a transaction begun through
+    // sqlx: there begin_with refuses and rolls the caller's transaction
+    // back, and an ordinary query waits for any pending response before it
+    // writes, so a cleanup cannot be queued behind an abandoned statement.
     let id = unique_key();
+    let alock::LockId::Int4Pair(a, b) = id else {
+        unreachable!()
+    };
+    let sql = format!("SELECT pg_advisory_lock({a}, {b})");
     let mut conn = connect().await;
-    let mut tx = conn.begin().await.unwrap();
-    let mut lock = ExclusiveLock::new(&mut *tx, id);
-    lock.acquire().await.unwrap();
-    abandon(lock.as_mut(), "SELECT pg_sleep(0.1)");
-    drop(lock);
-    sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
-    assert!(!is_free(id).await);
-    tx.commit().await.unwrap();
-    sqlx::query("SELECT pg_advisory_unlock_all()")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    assert!(is_free(id).await);
-}
 
-#[tokio::test]
-async fn inside_a_transaction_a_dropped_wait_keeps_what_it_is_granted() {
-    // The same limit, for an acquire future dropped mid-wait: its cleanup
-    // would have to be written while the wait's response is pending, which
-    // sqlx allows only through begin_with, and begin_with is unusable inside
-    // a transaction. Documented; pinned so a fix in sqlx shows up here.
-    use alock::prelude::*;
-    let busy = unique_key();
-    let mut holder = alock_dev::hold_elsewhere(busy).await;
-    let mut observer = connect().await;
-    let mut conn = connect().await;
-    let pid = alock_dev::backend_pid(&mut conn).await;
     let mut tx = conn.begin().await.unwrap();
-    tokio::select! {
-        biased;
-        _ = tx.lock_exclusive(busy) => panic!("granted while busy"),
-        () = alock_dev::until_waiting(&mut observer, pid) => {}
+    {
+        let mut begin = pin!(tx.begin_with(sqlx::AssertSqlSafe(sql.clone())));
+        let polled = begin.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        assert!(matches!(polled, Poll::Ready(Err(_))));
     }
-    sqlx::query("SELECT pg_advisory_unlock_all()")
-        .execute(&mut holder)
-        .await
-        .unwrap();
-    tx.rollback().await.unwrap();
-    assert_eq!(
-        alock_dev::held(&mut observer, pid, busy).await,
-        alock_dev::Held::Exclusive
-    );
-    sqlx::query("SELECT pg_advisory_unlock_all()")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    assert!(!tx.is_in_transaction(), "begin_with kept the transaction");
+    drop(tx);
+
+    let mut tx = conn.begin().await.unwrap();
+    abandon(&mut tx, "SELECT pg_sleep(0.1)");
+    {
+        let mut query = pin!(tx.execute(sqlx::AssertSqlSafe(sql)));
+        let polled = query.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        assert!(polled.is_pending());
+    }
+    sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
+    assert!(is_free(id).await, "a statement was queued after all");
+    tx.commit().await.unwrap();
 }
 
 #[tokio::test]
-async fn inside_a_failed_transaction_no_session_lock_can_be_released() {
-    // PostgreSQL refuses every statement in a failed transaction until it
-    // ends, the unlock included, and session-level locks survive ROLLBACK:
-    // the release reports the failure and the session keeps the lock.
-    use alock::prelude::*;
+async fn a_transaction_dropped_while_a_response_is_pending_still_rolls_back() {
+    // begin_locked_* rests on this: its lock runs inside a Transaction, so a
+    // future dropped mid-wait drops the Transaction, which queues ROLLBACK
+    // behind the pending wait.
     let id = unique_key();
+    let alock::LockId::Int4Pair(a, b) = id else {
+        unreachable!()
+    };
     let mut conn = connect().await;
-    let mut tx = conn.begin().await.unwrap();
-    let guard = tx.lock_exclusive(id).await.unwrap();
-    let mut guard = guard;
+    {
+        let mut tx = conn.begin().await.unwrap();
+        let sql = format!("SELECT pg_advisory_xact_lock({a}, {b}), pg_sleep(0.1)");
+        let mut query = pin!(tx.execute(sqlx::AssertSqlSafe(sql)));
+        let polled = query.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        assert!(polled.is_pending());
+    }
+    assert!(!conn.is_in_transaction());
+    // SAVEPOINT fails outside a transaction block.
     assert!(
-        sqlx::query("SELECT 1/0")
-            .execute(&mut *guard)
-            .await
-            .is_err()
+        conn.execute("SAVEPOINT probe").await.is_err(),
+        "the server kept the transaction open"
     );
-    let err = guard.release().await.unwrap_err();
-    assert!(
-        matches!(err, alock::Error::InFailedTransaction(_)),
-        "{err:?}"
-    );
-    tx.rollback().await.unwrap();
-    assert!(!is_free(id).await);
-    sqlx::query("SELECT pg_advisory_unlock_all()")
-        .execute(&mut conn)
-        .await
-        .unwrap();
     assert!(is_free(id).await);
+}
+
+#[tokio::test]
+async fn a_query_dropped_before_its_statement_was_prepared_never_runs() {
+    // The first use of a statement on a connection sends Parse alone and
+    // waits for it: dropped then, the statement never executes. The token
+    // makes the cleanup exact in this case too.
+    let id = unique_key();
+    let alock::LockId::Int4Pair(a, b) = id else {
+        unreachable!()
+    };
+    let mut conn = connect().await;
+    {
+        let mut query = pin!(
+            sqlx::query("SELECT pg_advisory_lock($1, $2)")
+                .bind(a)
+                .bind(b)
+                .execute(&mut conn)
+        );
+        let polled = query.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        assert!(polled.is_pending());
+    }
+    assert_answers(&mut conn, "the dropped prepare left an answer").await;
+    assert!(is_free(id).await, "the statement ran although dropped at Parse");
 }

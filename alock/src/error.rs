@@ -7,13 +7,11 @@ use std::fmt;
 /// A lock that could not be had within a caller's timeout, or at once for the
 /// `try_` forms, is not an error: those methods return `Ok(false)` or
 /// `Ok(None)`. Whatever the error, the call that returns it leaves none of
-/// its own ids held once the connection is used again (a cancel that the
-/// server acts on after a statement took the ids fails it with them held,
-/// and the release queued for it runs first); holds the session has
-/// through other lock objects are untouched. The known exceptions are
-/// listed in the crate documentation. The errors the server reports while a lock waits (deadlock,
-/// timeouts, cancel, a full lock table) are caught on the server, so they do
-/// not abort an enclosing transaction.
+/// its own ids held once the connection is used again, and holds the
+/// session has through other lock objects are untouched. The errors the
+/// server reports while a lock waits (deadlock, timeouts, cancel, a full
+/// lock table) are caught on the server, so they do not abort an enclosing
+/// transaction.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -58,9 +56,10 @@ pub enum Error {
     #[error("lock_timeout expired while waiting for an advisory lock")]
     LockTimeout(#[source] ServerError),
 
-    /// The wait was cancelled on the server: `statement_timeout`, a cancel
-    /// request or `pg_cancel_backend` (SQLSTATE 57014).
-    #[error("waiting for an advisory lock was cancelled")]
+    /// The call was cancelled on the server: `statement_timeout`, a cancel
+    /// request or `pg_cancel_backend` (SQLSTATE 57014). The message names
+    /// what was cancelled: a wait, or a release.
+    #[error("{} was cancelled", .0.during)]
     Canceled(#[source] ServerError),
 
     /// The connection is in a transaction that has already failed
@@ -83,9 +82,31 @@ pub enum Error {
     #[error("transaction-level advisory locks need an open transaction")]
     NotInTransaction,
 
-    /// Any other error from sqlx, including a lost connection.
+    /// A session-level lock was requested on a connection inside a
+    /// transaction begun through sqlx. Such a lock outlives the transaction,
+    /// and a call abandoned there could leave it held with no owner; take a
+    /// transaction-level lock (`xact_lock_*`) instead, or take the lock
+    /// before the transaction begins.
+    #[error(
+        "session-level advisory locks are not taken inside a transaction; use xact_lock_* there"
+    )]
+    InTransaction,
+
+    /// The connection is gone: the backend was terminated, the server
+    /// restarted, or the network failed. The server frees every lock of a
+    /// session that ends, so nothing this connection held is held any more.
+    #[error("the connection to the server was lost")]
+    ConnectionLost(#[source] sqlx::Error),
+
+    /// Any other error from sqlx.
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        Error::from_sqlx(error)
+    }
 }
 
 /// An error the server reported while taking advisory locks: its SQLSTATE
@@ -94,6 +115,7 @@ pub enum Error {
 pub struct ServerError {
     code: String,
     message: String,
+    during: &'static str,
 }
 
 impl ServerError {
@@ -108,6 +130,10 @@ impl ServerError {
     }
 }
 
+/// What a call was doing, for the messages of its errors.
+pub(crate) const WAITING: &str = "waiting for an advisory lock";
+pub(crate) const RELEASING: &str = "releasing advisory locks";
+
 impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} (SQLSTATE {})", self.message, self.code)
@@ -118,7 +144,7 @@ impl std::error::Error for ServerError {}
 
 impl Error {
     /// The typed error for a SQLSTATE and message reported by the server.
-    pub(crate) fn from_server(code: String, message: String) -> Error {
+    pub(crate) fn from_server(code: String, message: String, during: &'static str) -> Error {
         let variant = match code.as_str() {
             "40P01" => Error::Deadlock,
             "53200" => Error::LockTableFull,
@@ -127,44 +153,58 @@ impl Error {
             "25P02" => Error::InFailedTransaction,
             _ => Error::Server,
         };
-        variant(ServerError { code, message })
+        variant(ServerError {
+            code,
+            message,
+            during,
+        })
     }
 
-    /// Types an sqlx error by its SQLSTATE where it has one of ours.
+    /// Types an sqlx error by its SQLSTATE where it has one of ours, and a
+    /// lost connection as such.
     pub(crate) fn from_sqlx(error: sqlx::Error) -> Error {
+        Error::from_sqlx_during(error, WAITING)
+    }
+
+    pub(crate) fn from_sqlx_during(error: sqlx::Error, during: &'static str) -> Error {
+        if connection_lost(&error) {
+            return Error::ConnectionLost(error);
+        }
         if let sqlx::Error::Database(db) = &error
             && let Some(code @ ("40P01" | "53200" | "55P03" | "57014" | "25P02")) =
                 db.code().as_deref()
         {
-            return Error::from_server(code.to_owned(), db.message().to_owned());
+            return Error::from_server(code.to_owned(), db.message().to_owned(), during);
         }
         Error::Database(error)
     }
 
-    /// Whether this error means the connection itself is gone: an I/O or
-    /// protocol failure, or a server error that ends the session (a `FATAL`
-    /// such as `pg_terminate_backend`'s 57P01, or class 08).
+    /// Whether this error means the connection itself is gone.
     pub(crate) fn is_connection_lost(&self) -> bool {
-        use sqlx::postgres::{PgDatabaseError, PgSeverity};
-        match self {
-            Error::Database(
-                sqlx::Error::Io(_)
-                | sqlx::Error::Protocol(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed,
-            ) => true,
-            Error::Database(sqlx::Error::Database(db)) => {
-                let fatal = db.try_downcast_ref::<PgDatabaseError>().is_some_and(|pg| {
-                    matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic)
-                });
-                let code = db.code();
-                fatal
-                    || code
-                        .as_deref()
-                        .is_some_and(|c| c.starts_with("08") || c.starts_with("57P"))
-            }
-            _ => false,
+        matches!(self, Error::ConnectionLost(_))
+    }
+}
+
+/// Whether `error` means the connection itself is gone: an I/O or protocol
+/// failure, or a server error that ends the session (a `FATAL` such as
+/// `pg_terminate_backend`'s 57P01, or class 08).
+fn connection_lost(error: &sqlx::Error) -> bool {
+    use sqlx::postgres::{PgDatabaseError, PgSeverity};
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let fatal = db
+                .try_downcast_ref::<PgDatabaseError>()
+                .is_some_and(|pg| matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic));
+            let code = db.code();
+            fatal
+                || code
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P"))
         }
+        _ => false,
     }
 }

@@ -3,11 +3,11 @@
 use std::future::Future;
 use std::time::Duration;
 
-use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
 use crate::guard::{LockGuard, PoolLockGuard};
 use crate::protocol::{self, Patience};
-use crate::{AdvisoryKeys, Error, LockId, sql};
+use crate::{AdvisoryKeys, Error, LockId};
 
 mod sealed {
     pub trait Connection {}
@@ -595,15 +595,11 @@ async fn begin_locked(
     ids: Vec<LockId>,
     shared: bool,
 ) -> Result<Transaction<'_, Postgres>, Error> {
-    if conn.is_in_transaction() {
-        let mut savepoint = conn.begin().await?;
-        protocol::acquire_xact(&mut savepoint, &ids, shared, Patience::Forever).await?;
-        return Ok(savepoint);
-    }
-    let statement = sql::lock_then_begin(&ids, shared);
-    conn.begin_with(AssertSqlSafe(statement))
-        .await
-        .map_err(Error::from_sqlx)
+    // Dropped or failed at any point after `BEGIN`, the transaction is
+    // dropped with it, and sqlx queues its rollback.
+    let mut tx = conn.begin().await?;
+    protocol::acquire_xact(&mut tx, &ids, shared, Patience::Forever).await?;
+    Ok(tx)
 }
 
 /// Advisory locks on a pool: each guard owns the pooled connection that

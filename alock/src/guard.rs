@@ -6,7 +6,7 @@ use std::ops::{Deref, DerefMut};
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgConnection, Postgres};
 
-use crate::protocol::{self, Patience, Taken};
+use crate::protocol::{self, Patience};
 use crate::{Error, LockId};
 
 /// Session-level advisory locks on some ids, held through a borrowed
@@ -27,6 +27,7 @@ pub struct LockGuard<'c> {
     conn: &'c mut PgConnection,
     ids: Box<[LockId]>,
     shared: bool,
+    token: i32,
     waited: bool,
     held: bool,
 }
@@ -38,12 +39,13 @@ impl<'c> LockGuard<'c> {
         shared: bool,
         patience: Patience,
     ) -> Result<Option<LockGuard<'c>>, Error> {
-        let taken = protocol::acquire(&mut *conn, &ids, shared, patience).await?;
-        Ok(taken.is_taken().then(|| LockGuard {
+        let hold = protocol::acquire(&mut *conn, &ids, shared, patience).await?;
+        Ok(hold.map(|hold| LockGuard {
             conn,
             ids: ids.into_boxed_slice(),
             shared,
-            waited: taken == Taken::AfterWaiting,
+            token: hold.token,
+            waited: hold.waited,
             held: true,
         }))
     }
@@ -68,7 +70,22 @@ impl<'c> LockGuard<'c> {
     /// place if it was not.
     pub async fn release(mut self) -> Result<(), Error> {
         self.held = false;
-        protocol::release(self.conn, &self.ids, self.shared).await
+        protocol::release(self.conn, &self.ids, self.shared, self.token).await
+    }
+
+    /// Asks the server whether this session holds every id of the guard, in
+    /// its mode (from `pg_locks`): 1 round trip. `Ok(false)` when the
+    /// session is gone.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the query fails otherwise.
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future changes nothing.
+    pub async fn held_on_server(&mut self) -> Result<bool, Error> {
+        held_or_gone(protocol::held(self.conn, &self.ids, self.shared).await)
     }
 
     /// Keeps the ids held by the session, on purpose, until they are
@@ -117,7 +134,7 @@ impl AsMut<PgConnection> for LockGuard<'_> {
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
         if self.held {
-            protocol::release_on_drop(self.conn, &self.ids, self.shared);
+            protocol::release_on_drop(self.conn, &self.ids, self.shared, self.token);
         }
     }
 }
@@ -146,6 +163,7 @@ pub struct PoolLockGuard {
     conn: Option<PoolConnection<Postgres>>,
     ids: Box<[LockId]>,
     shared: bool,
+    token: i32,
     waited: bool,
 }
 
@@ -175,12 +193,12 @@ impl PoolLockGuard {
         // Finished, with or without the ids: the connection's state is known
         // (any cleanup is queued on it), and it can go back to the pool.
         let conn = checkout.0.take().expect(CONN);
-        let taken = taken?;
-        Ok(taken.is_taken().then(|| PoolLockGuard {
+        Ok(taken?.map(|hold| PoolLockGuard {
             conn: Some(conn),
             ids: ids.into_boxed_slice(),
             shared,
-            waited: taken == Taken::AfterWaiting,
+            token: hold.token,
+            waited: hold.waited,
         }))
     }
 
@@ -201,7 +219,7 @@ impl PoolLockGuard {
     /// runs before the pool hands the connection out again.
     pub async fn release(mut self) -> Result<(), Error> {
         let mut conn = self.conn.take().expect(CONN);
-        let released = protocol::release(&mut conn, &self.ids, self.shared).await;
+        let released = protocol::release(&mut conn, &self.ids, self.shared, self.token).await;
         if released
             .as_ref()
             .is_err_and(|e| !matches!(e, Error::Lost { .. }))
@@ -209,6 +227,22 @@ impl PoolLockGuard {
             conn.close_on_drop();
         }
         released
+    }
+
+    /// Asks the server whether this session holds every id of the guard, in
+    /// its mode (from `pg_locks`): 1 round trip. `Ok(false)` when the
+    /// session is gone.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the query fails otherwise.
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future changes nothing.
+    pub async fn held_on_server(&mut self) -> Result<bool, Error> {
+        let conn = self.conn.as_mut().expect(CONN);
+        held_or_gone(protocol::held(conn, &self.ids, self.shared).await)
     }
 
     /// Keeps the ids held by the session, on purpose, and hands over the
@@ -261,7 +295,7 @@ impl Drop for PoolLockGuard {
             if conn.is_in_transaction() {
                 conn.close_on_drop();
             } else {
-                protocol::release_on_drop(conn, &self.ids, self.shared);
+                protocol::release_on_drop(conn, &self.ids, self.shared, self.token);
             }
         }
     }
@@ -273,5 +307,13 @@ impl fmt::Debug for PoolLockGuard {
             .field("ids", &self.ids)
             .field("shared", &self.shared)
             .finish_non_exhaustive()
+    }
+}
+
+/// A session that is gone holds nothing.
+fn held_or_gone(held: Result<bool, Error>) -> Result<bool, Error> {
+    match held {
+        Err(e) if e.is_connection_lost() => Ok(false),
+        held => held,
     }
 }

@@ -114,6 +114,7 @@ pub struct AdvisoryLock<C: AsMut<PgConnection>, M: Mode> {
     conn: Option<C>,
     ids: Box<[LockId]>,
     count: usize,
+    token: i32,
     mode: PhantomData<M>,
 }
 
@@ -137,6 +138,7 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
             conn: Some(conn),
             ids: keys.lock_ids().into_boxed_slice(),
             count: 0,
+            token: 0,
             mode: PhantomData,
         }
     }
@@ -231,13 +233,14 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
             return Ok(true);
         }
         let conn = self.conn.as_mut().expect(CONN).as_mut();
-        let taken = protocol::acquire(conn, &self.ids, M::SHARED, patience)
-            .await?
-            .is_taken();
-        if taken {
-            self.count = 1;
+        match protocol::acquire(conn, &self.ids, M::SHARED, patience).await? {
+            Some(hold) => {
+                self.token = hold.token;
+                self.count = 1;
+                Ok(true)
+            }
+            None => Ok(false),
         }
-        Ok(taken)
     }
 
     /// Gives back one acquisition; when it is the last, releases every id, in
@@ -267,7 +270,13 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
             1 => {
                 self.count = 0;
                 let conn = self.conn.as_mut().expect(CONN).as_mut();
-                protocol::release(conn, &self.ids, M::SHARED).await
+                let released = protocol::release(conn, &self.ids, M::SHARED, self.token).await;
+                if let Err(Error::InFailedTransaction(_)) = released {
+                    // Nothing ran: the ids are still held, and released
+                    // again once the transaction has ended.
+                    self.count = 1;
+                }
+                released
             }
             _ => {
                 self.count -= 1;
@@ -282,10 +291,12 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
     /// The server answers for the session, not for this object: the ids may
     /// also be held through other objects or by hand.
     ///
+    /// `Ok(false)` when the session is gone; the object is then no longer
+    /// held.
+    ///
     /// # Errors
     ///
-    /// [`Error::Database`] when the query fails. If it failed because the
-    /// connection is gone, the object is no longer held.
+    /// [`Error::Database`] when the query fails otherwise.
     ///
     /// # Cancel safety
     ///
@@ -293,11 +304,12 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
     pub async fn held_on_server(&mut self) -> Result<bool, Error> {
         let conn = self.conn.as_mut().expect(CONN).as_mut();
         match protocol::held(conn, &self.ids, M::SHARED).await {
+            // The session is gone, and its locks with it.
             Err(e) if e.is_connection_lost() => {
                 self.count = 0;
-                Err(e)
+                Ok(false)
             }
-            other => other,
+            held => held,
         }
     }
 
@@ -352,7 +364,7 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
         if self.count > 0 {
             self.count = 0;
             if let Some(conn) = self.conn.as_mut() {
-                protocol::release_on_drop(conn.as_mut(), &self.ids, M::SHARED);
+                protocol::release_on_drop(conn.as_mut(), &self.ids, M::SHARED, self.token);
             }
         }
     }

@@ -3,25 +3,19 @@
 //! sqlx's own advisory-lock guard queues its unlock with a crate-private
 //! method. From outside sqlx, the one public path that writes a statement to
 //! the connection before it awaits anything is `Connection::begin_with`: its
-//! first poll writes the given statement into the connection's buffer and
-//! counts its response as pending, then waits for responses. Polling it once
-//! and dropping it leaves the statement queued: the next use of the
-//! connection (a query, or the health check a pool runs when a connection is
-//! returned) flushes it, runs it, and discards its response before doing its
-//! own work. Outside a transaction sqlx's rollback-on-drop is a no-op, so
-//! nothing else is sent.
+//! first poll writes the statement into the connection's buffer and counts
+//! its response as pending, then waits. Polled once and dropped, it leaves
+//! the statement queued: the next use of the connection (a query, or the
+//! check a pool runs when a connection comes back) sends it, runs it, and
+//! discards its response before doing its own work. Outside a transaction
+//! sqlx's rollback-on-drop does nothing, so nothing else is sent.
 //!
-//! Inside a transaction begun through sqlx (`Connection::is_in_transaction`),
-//! `begin_with` would refuse, and, refusing, queue a rollback of the caller's
-//! transaction; it is never called there. The statement is then sent as an
-//! ordinary query polled once, which writes it at once when the connection is
-//! idle, the normal case for a dropped guard. If a response is still pending
-//! on that connection (a query future on it was itself dropped mid-flight),
-//! sqlx will not write anything until that response is read, and the
-//! statement cannot be queued: the session ends up keeping the lock until it
-//! is released by hand or the session closes.
-//!
-//! `tests/pinned_sqlx.rs` pins every behaviour this relies on.
+//! Inside a transaction begun through sqlx `begin_with` refuses before it
+//! writes anything. There the statement is sent as an ordinary query polled
+//! once, which writes it at once on an idle connection. Session-level locks
+//! are never taken inside such a transaction, and a guard cannot be dropped
+//! while a transaction borrows its connection, so this is reached only when
+//! a `Transaction` was leaked with `mem::forget`. `tests/pinned_sqlx.rs` pins each of these behaviours.
 
 use std::future::Future;
 use std::pin::pin;
