@@ -52,7 +52,7 @@ fn call(function: &str, j: &str) -> String {
 const BODY_DECLARATIONS: &str = "\
     n int := greatest(cardinality(k), cardinality(a)); \
     taken int := 0; tokened bool := false; waited bool := false; outcome text; \
-    saved text := current_setting('lock_timeout'); \
+    saved text := current_setting('lock_timeout'); checking text; \
     slice int8; budget int8; remaining int8;";
 
 /// Gives back the session-level holds a body recorded (`taken` ids, then
@@ -105,6 +105,10 @@ pub(crate) fn body() -> String {
                           ELSE (extract(epoch FROM saved::interval) * 1000)::int8 END; \
            remaining := CASE WHEN budget > 0 THEN greatest(budget - waited_ms, 1) END; \
            PERFORM set_config('lock_timeout', least(coalesce(remaining, slice), slice) || 'ms', true); \
+           IF current_setting('server_version_num')::int >= 140000 THEN \
+             checking := current_setting('client_connection_check_interval'); \
+             PERFORM set_config('client_connection_check_interval', '100ms', true); \
+           END IF; \
          END IF; \
          outcome := CASE WHEN waited_ms > 0 THEN 'waited' ELSE 'acquired' END; \
          BEGIN \
@@ -139,7 +143,10 @@ pub(crate) fn body() -> String {
                ELSE SQLSTATE || ' ' || SQLERRM END; \
              {give_back} \
          END; \
-         PERFORM set_config('lock_timeout', saved, true);"
+         PERFORM set_config('lock_timeout', saved, true); \
+         IF checking IS NOT NULL THEN \
+           PERFORM set_config('client_connection_check_interval', checking, true); \
+         END IF;"
     )
 }
 
