@@ -60,40 +60,26 @@ pub trait AdvisoryLockExt: sealed::Connection {
     /// Takes `keys` exclusively at session level, waiting while another
     /// session holds one, and returns the guard that releases them.
     ///
-    /// Tries the ids at once (`pg_try_advisory_lock`) and, where one is busy,
-    /// waits for it on the server (`pg_advisory_lock`): 1 round trip (inside
-    /// a transaction, 2 when a single id has to be waited for). See
+    /// One statement (`pg_advisory_lock` for each id, in order): 1 round
+    /// trip, and one more for each second or so of waiting. See
     /// [`try_lock_exclusive`](Self::try_lock_exclusive) and
     /// [`lock_exclusive_timeout`](Self::lock_exclusive_timeout).
     ///
     /// # Errors
     ///
     /// [`Error::Deadlock`], [`Error::LockTimeout`] (the session's own
-    /// `lock_timeout`), [`Error::Canceled`], [`Error::LockTableFull`], or
-    /// [`Error::Database`]. Whatever the error, none of the ids is left held
-    /// by this call once the connection is used again: a cancel or
-    /// `statement_timeout` that the server acts on only after the statement
-    /// took the ids fails it with the ids held, and the release it queues
-    /// then runs before the connection's next statement. No wait that fails aborts an enclosing
-    /// transaction.
+    /// `lock_timeout`), [`Error::Canceled`], [`Error::LockTableFull`],
+    /// [`Error::InTransaction`] inside a transaction begun through sqlx,
+    /// [`Error::ConnectionLost`], or [`Error::Database`]. Whatever the error,
+    /// none of the ids is left held by this call, and other holds of the
+    /// session are untouched.
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future mid-wait queues, on the connection, a release that
-    /// runs before its next use, after the abandoned wait ends on the server,
-    /// and only if that wait took the ids: the session does not end up
-    /// holding them, and the abandoned wait's outcome never reaches a later
-    /// query, unless the statement failed as a whole (the lock table full
-    /// while it tried, a cancel acted on after it took the ids): sqlx then
-    /// hands that error to the next query, once. The connection's next use
-    /// waits for the abandoned wait to end;
-    /// to bound a wait, use
-    /// [`lock_exclusive_timeout`](Self::lock_exclusive_timeout), which waits
-    /// on the server and returns by itself. Inside a transaction begun
-    /// through sqlx, the cleanup cannot be queued while the wait is pending,
-    /// and what the abandoned wait is granted stays with the session: inside
-    /// transactions, prefer [`xact_lock_exclusive`](Self::xact_lock_exclusive)
-    /// (see the crate documentation).
+    /// Dropping the future gives back whatever the call took before the
+    /// connection's next use, and touches no other hold. The server stops
+    /// waiting within a second or so (`deadlock_timeout` + 100 ms), and the
+    /// connection's next use waits at most that long.
     fn lock_exclusive(
         &mut self,
         keys: impl AdvisoryKeys,
@@ -120,17 +106,14 @@ pub trait AdvisoryLockExt: sealed::Connection {
     ///
     /// # Errors
     ///
-    /// [`Error::LockTableFull`], [`Error::Canceled`], or
-    /// [`Error::Database`]; none of the ids is left held by this call once the connection is used again: a cancel or
-    /// `statement_timeout` that the server acts on only after the statement
-    /// took the ids fails it with the ids held, and the release it queues
-    /// then runs before the connection's next statement.
+    /// [`Error::LockTableFull`], [`Error::Canceled`],
+    /// [`Error::InTransaction`], [`Error::ConnectionLost`], or
+    /// [`Error::Database`]; none of the ids is left held by this call.
     ///
     /// # Cancel safety
     ///
-    /// Dropped after the statement is sent, the release queued on the
-    /// connection gives the ids back before its next use if the statement
-    /// took them.
+    /// Dropping the future gives back whatever the call took before the
+    /// connection's next use, and touches no other hold.
     fn try_lock_exclusive(
         &mut self,
         keys: impl AdvisoryKeys,
@@ -154,9 +137,9 @@ pub trait AdvisoryLockExt: sealed::Connection {
     /// (`lock_timeout`); `None` when the time ran out, with none of them
     /// held.
     ///
-    /// 1 round trip (inside a transaction, 2 when a single id has to be waited
-    /// for). The session's `lock_timeout` is left as it was, and a timeout does not abort an
-    /// enclosing transaction. A zero timeout never waits.
+    /// 1 round trip, and one more for each second or so of waiting. The
+    /// session's `lock_timeout` is left as it was. A zero timeout never
+    /// waits.
     ///
     /// # Errors
     ///
@@ -275,8 +258,10 @@ pub trait AdvisoryLockExt: sealed::Connection {
     /// Takes `keys` exclusively until the current transaction ends, waiting
     /// while another session holds one (`pg_advisory_xact_lock`).
     ///
-    /// 1 round trip, 2 when a single id has to be waited for. The connection
-    /// must be in a transaction begun through sqlx (`Connection::begin`).
+    /// One free id costs 1 round trip (`pg_try_advisory_xact_lock`); else the
+    /// lock body runs, 1 round trip more, and one more for each second or so
+    /// of waiting. The connection must be in a transaction begun through
+    /// sqlx (`Connection::begin`).
     ///
     /// # Errors
     ///
@@ -287,9 +272,9 @@ pub trait AdvisoryLockExt: sealed::Connection {
     ///
     /// # Cancel safety
     ///
-    /// Dropped mid-wait, the wait goes on on the server, and what it is
-    /// granted lasts until the transaction ends, like any lock of it. A
-    /// dropped `Transaction` rolls back, which releases it.
+    /// Dropped mid-wait, the server stops waiting within a second or so, and
+    /// what the call took lasts until the transaction ends, like any lock of
+    /// it.
     fn xact_lock_exclusive(
         &mut self,
         keys: impl AdvisoryKeys,
@@ -343,8 +328,8 @@ pub trait AdvisoryLockExt: sealed::Connection {
 
     /// Takes `keys` exclusively until the transaction ends, waiting at most
     /// `timeout` on the server; `false` when the time ran out, with none of
-    /// them held and the transaction not aborted. 1 round trip, 2 when a
-    /// single id has to be waited for.
+    /// them held and the transaction not aborted. Round trips as for
+    /// [`xact_lock_exclusive`](Self::xact_lock_exclusive).
     ///
     /// # Errors
     ///
@@ -376,13 +361,10 @@ pub trait AdvisoryLockExt: sealed::Connection {
         timeout: Duration,
     ) -> impl Future<Output = Result<bool, Error>> + Send + '_;
 
-    /// Begins a transaction that already holds `keys` exclusively, in one
-    /// round trip: the locks (`pg_advisory_xact_lock`, waiting if need be)
-    /// and `BEGIN` go in one message.
-    ///
-    /// On a connection already in a transaction, begins a savepoint and then
-    /// takes the locks: 2 round trips, 3 when a single id has to be waited
-    /// for.
+    /// Begins a transaction that holds `keys` exclusively: `BEGIN` (a
+    /// savepoint inside a transaction), then
+    /// [`xact_lock_exclusive`](Self::xact_lock_exclusive); 2 round trips for
+    /// free ids.
     ///
     /// # Errors
     ///
@@ -391,11 +373,8 @@ pub trait AdvisoryLockExt: sealed::Connection {
     ///
     /// # Cancel safety
     ///
-    /// Do not drop this future while it waits. The statement keeps waiting on
-    /// the server, and once granted it opens a transaction that sqlx does not
-    /// know of (sqlx's own `begin` has the same window, only shorter). To
-    /// bound the wait, begin a transaction and use
-    /// [`xact_lock_exclusive_timeout`](Self::xact_lock_exclusive_timeout).
+    /// Dropped at any point, the transaction is rolled back before the
+    /// connection's next use, and nothing is held.
     fn begin_locked_exclusive(
         &mut self,
         keys: impl AdvisoryKeys,

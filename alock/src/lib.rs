@@ -68,74 +68,29 @@
 //! |---|---|
 //! | take free ids, any number of them, any form | 1 |
 //! | try that finds an id busy and gives back what it took | 1 |
-//! | take ids when one is busy and must be waited for | 1; inside a transaction, or once the server has refused the session's functions, 2 for a single id |
+//! | take ids when one is busy and must be waited for | 1, and 1 more per `deadlock_timeout` + 100 ms of waiting |
 //! | release | 1 |
 //! | re-entrant acquire or release of a lock object | 0 |
-//! | `BEGIN` and a transaction-level lock | 1 |
+//! | `BEGIN` and a transaction-level lock | 2 |
 //!
-//! # Releasing from `Drop`
+//! # What a dropped future leaves
 //!
-//! A dropped guard, a dropped held lock object, and a dropped acquire future
-//! all queue their unlock on the connection, where it runs before anything
-//! sent on the connection afterwards, including the check a pool runs when a
-//! connection is returned to it. sqlx's own guard does this with a
-//! crate-private method; this crate uses the one public path that writes a
-//! statement before awaiting anything: the first poll of
-//! `Connection::begin_with`. The sqlx behaviours this rests on are pinned by
-//! the test suite.
+//! Nothing. A dropped guard, a dropped held lock object, and an acquire or
+//! release dropped at any point release exactly what they hold before the
+//! connection's next use, including the check a pool runs when a connection
+//! comes back, and never another hold of the same session. A wait abandoned
+//! on the server ends within a second or so. `DESIGN.md` in the repository
+//! says how, statement by statement.
 //!
-//! **Session-level locks inside transactions.** Two things cannot be done
-//! there, and both leave ids with the session until they are released by
-//! hand or the session ends; inside transactions, prefer transaction-level
-//! locks, which the transaction's end always releases.
+//! # Where session-level locks are refused
 //!
-//! - Inside a transaction begun through sqlx, `begin_with` must not be used
-//!   (sqlx would roll the transaction back), so a statement can be queued
-//!   from `Drop` only when no response is pending: a dropped guard on an idle
-//!   connection (the normal case) is released, but an acquire future dropped
-//!   mid-wait cannot queue its cleanup, and what the wait is granted stays.
-//! - In a transaction that has failed, PostgreSQL refuses every statement
-//!   until it ends, the unlock included, and session-level locks survive the
-//!   `ROLLBACK`: releases report [`Error::InFailedTransaction`].
-//!
-//! # Deployment notes
-//!
-//! Session-level locks need a real session: PgBouncer in transaction mode
-//! can run the next statement on another server session (transaction-level
-//! locks work there). A transaction begun with raw SQL (`execute("BEGIN")`)
-//! is invisible to sqlx, and so to this crate: begin transactions through
-//! sqlx. All locks
-//! share one server-wide table of `max_locks_per_transaction *
-//! (max_connections + max_prepared_transactions)` entries; when it is full,
-//! acquires fail with [`Error::LockTableFull`] and give back what they took.
-//! Outside a transaction, up to 16 free ids of one form are taken by one
-//! plain statement that tries them at transaction level first and then
-//! takes them all at session level, in one expression the server does not
-//! interrupt. PostgreSQL acts on a cancel or `statement_timeout` between
-//! expressions, so one that arrives while a statement takes ids may fail
-//! it after it took them all: outside a transaction, every acquire of
-//! several ids records that it took them in a sequence of the session,
-//! which an abort does not undo, and the release queued for a failed
-//! statement reads it. The anonymous block (inside a transaction, or on
-//! sessions that cannot have the functions) records in a setting, which
-//! the abort does undo: a cancel acted on in the moment after such a block
-//! returns leaves its ids with the session. A statement that
-//! fails as a whole (that, or a full lock table while it tries) is also the
-//! one case where an abandoned acquire's error reaches the next query on
-//! the connection, once, as for a single id's try.
-//! Several ids and every wait run a PL/pgSQL body: outside a transaction as
-//! functions the session creates in `pg_temp` on first need (three extra
-//! round trips, once per session), inside a transaction as an anonymous
-//! block, compiled on every call. That first call fails before it creates
-//! them: if its future is dropped during that round trip, sqlx hands the
-//! unread "does not exist" error to the next query on the connection, once;
-//! [`prepare_session`] in a pool's `after_connect` creates them before any
-//! lock. Once the server has refused to create them (a read-only session, a
-//! role without the `TEMP` privilege), every session of the process takes
-//! the same locks through a try and the anonymous block: one more round trip
-//! when a single id has to wait. The crate records its per-call bookkeeping
-//! in the sequence `pg_temp.alock_v3_acquired` and the session settings
-//! `alock.acquired`, `alock.released` and `alock.outcome`.
+//! Inside a transaction begun through sqlx, session-level acquires return
+//! [`Error::InTransaction`]: nothing could release what an abandoned call
+//! took there. Take transaction-level locks (`xact_lock_*`) inside
+//! transactions, or take the lock before `BEGIN`. A transaction begun with
+//! raw SQL (`execute("BEGIN")`) is invisible to sqlx, and so to this crate:
+//! begin transactions through sqlx. Behind PgBouncer in transaction mode,
+//! only transaction-level locks work.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

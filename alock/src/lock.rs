@@ -72,7 +72,7 @@ impl Mode for Shared {
 /// | call | round trips |
 /// |---|---|
 /// | [`acquire`], [`try_acquire`], [`acquire_timeout`] of free ids | 1 |
-/// | [`acquire`], [`acquire_timeout`] of ids another session holds | 1; inside a transaction, or once the server has refused the session's functions, 2 for a single id |
+/// | [`acquire`], [`acquire_timeout`] of ids another session holds | 1, and 1 more per `deadlock_timeout` + 100 ms of waiting |
 /// | [`try_acquire`] that finds an id busy and gives back the rest | 1 |
 /// | [`release`] | 1 |
 /// | re-entrant [`acquire`] or [`release`] | 0 |
@@ -145,38 +145,27 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
 
     /// Takes every id, waiting as long as another session holds one.
     ///
-    /// When the object is not held, tries every id at once (one
-    /// `pg_try_advisory_lock` per id, in one statement), and if some id is
-    /// busy, waits for it on the server (`pg_advisory_lock`) and goes on; 1
-    /// round trip (inside a transaction, 2 when a single id has to be waited
-    /// for). When the object is already held, only counts: 0 round trips. See
-    /// [`try_acquire`](Self::try_acquire) to never wait and
+    /// When the object is not held, takes every id in order
+    /// (`pg_advisory_lock`), in one statement: 1 round trip, and one more for
+    /// each second or so of waiting. When it is already held, only counts: 0
+    /// round trips. See [`try_acquire`](Self::try_acquire) to never wait and
     /// [`acquire_timeout`](Self::acquire_timeout) to wait a bounded time.
     ///
     /// # Errors
     ///
     /// [`Error::Deadlock`], [`Error::LockTimeout`] (the session's own
     /// `lock_timeout`), [`Error::Canceled`] (`statement_timeout`, a cancel),
-    /// [`Error::LockTableFull`], or [`Error::Database`] when the connection
-    /// fails. Whatever the error, none of the ids is left held by this call
-    /// once the connection is used again: a cancel or `statement_timeout`
-    /// that the server acts on only after the statement took the ids fails
-    /// it with the ids held, and the release it queues then runs before the
-    /// connection's next statement. An enclosing transaction is not aborted.
+    /// [`Error::LockTableFull`], [`Error::InTransaction`] inside a
+    /// transaction begun through sqlx, [`Error::ConnectionLost`], or
+    /// [`Error::Database`]. Whatever the error, none of the ids is left held
+    /// by this call, and other holds of the session are untouched.
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future leaves the object not held and queues, on the
-    /// connection, a statement that gives back the ids if the server
-    /// grants them after all. The server keeps waiting until then: the next
-    /// use of the connection waits for that wait to end, then releases what it
-    /// granted, so the session never ends up holding the ids. Waiting is
-    /// what this call does, so prefer
-    /// [`acquire_timeout`](Self::acquire_timeout), which waits on the server
-    /// and comes back by itself, to wrapping this in a client-side timeout.
-    /// Inside a transaction begun through sqlx the cleanup cannot be queued
-    /// while the wait is pending, and what the abandoned wait is granted stays
-    /// with the session (see the crate documentation).
+    /// Dropping the future leaves the object not held and gives back
+    /// whatever the call took before the connection's next use. The server
+    /// stops waiting within a second or so (`deadlock_timeout` + 100 ms), and
+    /// the connection's next use waits at most that long.
     pub async fn acquire(&mut self) -> Result<(), Error> {
         self.take(Patience::Forever).await.map(|_| ())
     }
@@ -189,15 +178,12 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
     ///
     /// # Errors
     ///
-    /// [`Error::LockTableFull`], [`Error::Canceled`], or
-    /// [`Error::Database`] when the connection fails; none of the ids is left
-    /// held by this call.
+    /// As for [`acquire`](Self::acquire), less the waiting ones; none of
+    /// the ids is left held by this call.
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future leaves the object not held; if the statement
-    /// took the ids after all, the release queued on the connection gives
-    /// them back before its next use.
+    /// As for [`acquire`](Self::acquire).
     pub async fn try_acquire(&mut self) -> Result<bool, Error> {
         self.take(Patience::None).await
     }
@@ -205,13 +191,11 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
     /// Takes every id, waiting at most `timeout` for ids another session
     /// holds; `Ok(false)` when the time ran out, with none of them held.
     ///
-    /// The wait happens on the server, through `lock_timeout`, so it costs no
-    /// extra round trip and no client timer: 1 round trip (inside a
-    /// transaction, 2 when a single id has to be waited for). The session's own
-    /// `lock_timeout` is left as it was, inside and outside a transaction, and
-    /// a timeout does not abort an enclosing transaction. A zero `timeout`
-    /// behaves like [`try_acquire`](Self::try_acquire). Already held: counts,
-    /// 0 round trips, `true`.
+    /// The wait happens on the server, through `lock_timeout`: 1 round trip,
+    /// and one more for each second or so of waiting. The session's own
+    /// `lock_timeout` is left as it was. A zero `timeout` behaves like
+    /// [`try_acquire`](Self::try_acquire). Already held: counts, 0 round
+    /// trips, `true`.
     ///
     /// # Errors
     ///
@@ -252,18 +236,18 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
     /// [`Error::NotHeld`] when the object is not held (nothing changes);
     /// [`Error::Lost`] when the session no longer held some of the ids
     /// (something else released them while the object was held; the rest
-    /// are released); [`Error::InFailedTransaction`] when the connection is in a failed
-    /// transaction, where the server refuses the unlock and the ids stay
-    /// with the session; [`Error::Database`] when the connection fails, and
-    /// the server frees the ids when it notices the session is gone. After
-    /// any error the object is not held.
+    /// are released); [`Error::InFailedTransaction`] in a failed
+    /// transaction, where the server refuses the unlock: the object stays
+    /// held, to be released once the transaction has ended;
+    /// [`Error::ConnectionLost`] when the session is gone, and its locks with
+    /// it. After any other error the object is not held, and the ids are
+    /// released before the connection's next use.
     ///
     /// # Cancel safety
     ///
-    /// The object counts as released once the future is first polled. If the
-    /// future is dropped after that, the ids are released before the
-    /// connection's next use all the same: by the unlock if it was sent, or
-    /// by a statement queued in its place if it was not.
+    /// The object counts as released once the future is first polled;
+    /// dropped after that, the ids are released before the connection's next
+    /// use all the same.
     pub async fn release(&mut self) -> Result<(), Error> {
         match self.count {
             0 => Err(Error::NotHeld),

@@ -381,19 +381,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dump() {
-        if let Ok(dir) = std::env::var("ALOCK_DUMP_SQL") {
-            std::fs::write(format!("{dir}/create.sql"), create_functions()).unwrap();
-            std::fs::write(
-                format!("{dir}/block.sql"),
-                acquire_block(&[LockId::Int8(i64::MIN), LockId::Int4Pair(1, -2)], false, false, -1, 0, -5),
-            )
-            .unwrap();
-            std::fs::write(
-                format!("{dir}/cleanup.sql"),
-                release_if_token_held(&[LockId::Int8(i64::MIN), LockId::Int4Pair(1, -2)], false, -5),
-            )
-            .unwrap();
-        }
+    fn extreme_ids_are_written_inside_array_literals() {
+        let ids = [
+            LockId::Int8(i64::MIN),
+            LockId::Int8(i64::MAX),
+            LockId::Int4Pair(i32::MIN, i32::MAX),
+        ];
+        assert_eq!(
+            arrays(&ids),
+            "k int8[] := '{-9223372036854775808,9223372036854775807,NULL}'; \
+             a int4[] := '{NULL,NULL,-2147483648}'; \
+             b int4[] := '{NULL,NULL,2147483647}';"
+                .replace("             ", "")
+        );
+        let cleanup = release_if_token_held(&ids, false, i32::MIN);
+        assert!(cleanup.contains("token int4 := -2147483648;"));
+        assert!(cleanup.contains("objid::int8 = 2147483648 "));
+        // Released in reverse order.
+        assert!(cleanup.contains("'{NULL,9223372036854775807,-9223372036854775808}'"));
+    }
+
+    #[test]
+    fn the_token_namespace_literal_matches_the_constant() {
+        assert_eq!(token_namespace!(), TOKEN_NAMESPACE.to_string());
+        assert_eq!(TOKEN_NAMESPACE.to_be_bytes(), *b"aloc");
+    }
+
+    #[test]
+    fn custom_sqlstates_are_not_categories() {
+        // PL/pgSQL treats a SQLSTATE ending in 000 as a whole class.
+        let body = body();
+        assert!(!body.contains("'AL000'"));
+        assert!(body.contains("'AL001'") && body.contains("'AL002'"));
     }
 }
