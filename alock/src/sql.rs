@@ -51,9 +51,9 @@ fn call(function: &str, j: &str) -> String {
 /// Declarations of [`body`] beyond its arguments.
 const BODY_DECLARATIONS: &str = "\
     n int := greatest(cardinality(k), cardinality(a)); \
-    taken int := 0; tokened bool := false; waited bool := false; outcome text; \
-    saved text := current_setting('lock_timeout'); checking text; \
-    slice int8; budget int8; remaining int8;";
+    taken int := 0; tokened bool := false; waited bool := false; \
+    outcome text := 'acquired'; \
+    saved text; checking text; slice int8; budget int8; remaining int8; ignored text;";
 
 /// Gives back the session-level holds a body recorded (`taken` ids, then
 /// the token), each in the same statement as its record, retried where an
@@ -76,6 +76,22 @@ fn give_back() -> String {
     )
 }
 
+/// Starts waiting: sets `lock_timeout` to one slice, or to what is left of
+/// the call's budget if less, and lets the server notice a client that
+/// closed its connection within 100 ms (PostgreSQL 14+). Both are set for
+/// the transaction: a session-level acquire runs outside transactions, so
+/// they end with its statement; a transaction-level one restores them.
+const START_WAITING: &str = "\
+    saved := current_setting('lock_timeout'); \
+    checking := current_setting('client_connection_check_interval', true); \
+    slice := (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 1000)::int8 + 100; \
+    budget := CASE WHEN wait_ms > 0 THEN wait_ms \
+                   ELSE (extract(epoch FROM saved::interval) * 1000)::int8 END; \
+    remaining := CASE WHEN budget > 0 THEN greatest(budget - waited_ms, 1) END; \
+    ignored := set_config('lock_timeout', least(coalesce(remaining, slice), slice) || 'ms', true) \
+            || CASE WHEN checking IS NULL THEN '' \
+                    ELSE set_config('client_connection_check_interval', '100ms', true) END;";
+
 /// The acquire body. Arguments: `k int8[]`, `a int4[]`, `b int4[]` (one
 /// entry per id, NULL where the id is of the other form), `shared bool`,
 /// `xact bool`, `wait_ms int8` (0: never wait; -1: as long as the session's
@@ -83,42 +99,31 @@ fn give_back() -> String {
 /// (waited by earlier slices of this call), `token int4`.
 ///
 /// Returns `acquired`, `waited` (acquired after waiting), `busy`,
-/// `waiting` (a slice ended; call again), or `SQLSTATE message`. All or nothing: every error raised inside is caught,
-/// and what the call took is given back before it returns.
+/// `waiting` (a slice ended; call again), or `SQLSTATE message`. All or
+/// nothing: every error raised inside is caught, and what the call took is
+/// given back before it returns.
 ///
-/// How: every id is first taken at transaction level, in order, inside a
-/// block whose rollback gives all of them back (and whose timeout is the
-/// slice). A session-level call then takes its token and each id at
-/// session level; each is already held by the transaction, so each is
-/// granted at once, with its record in the same statement. Raising
-/// `AL001` then rolls the block back, which drops the transaction-level
-/// holds and keeps the session-level ones.
+/// How: every id is first taken at transaction level, in order (tried,
+/// and waited for only when busy), inside a block whose rollback gives all
+/// of them back. A session-level call then takes its token and each id at
+/// session level, each in one statement with its record; each is already
+/// held by the transaction, so each is granted at once. The
+/// transaction-level holds end with the caller's statement: session-level
+/// acquires run outside transactions only.
 pub(crate) fn body() -> String {
     let xact_try = call("pg_try_advisory_xact_lock", "j");
     let xact_wait = call("pg_advisory_xact_lock", "j");
     let session = call("pg_try_advisory_lock", "j");
     let give_back = give_back();
     format!(
-        "IF wait_ms <> 0 THEN \
-           slice := (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 1000)::int8 + 100; \
-           budget := CASE WHEN wait_ms > 0 THEN wait_ms \
-                          ELSE (extract(epoch FROM saved::interval) * 1000)::int8 END; \
-           remaining := CASE WHEN budget > 0 THEN greatest(budget - waited_ms, 1) END; \
-           PERFORM set_config('lock_timeout', least(coalesce(remaining, slice), slice) || 'ms', true); \
-           IF current_setting('server_version_num')::int >= 140000 THEN \
-             checking := current_setting('client_connection_check_interval'); \
-             PERFORM set_config('client_connection_check_interval', '100ms', true); \
-           END IF; \
-         END IF; \
-         outcome := CASE WHEN waited_ms > 0 THEN 'waited' ELSE 'acquired' END; \
-         BEGIN \
-           IF NOT xact THEN \
-             PERFORM pg_advisory_xact_lock_shared({TOKEN_NAMESPACE}, token); \
+        "BEGIN \
+           IF NOT xact AND NOT pg_try_advisory_xact_lock_shared({TOKEN_NAMESPACE}, token) THEN \
+             RAISE SQLSTATE 'AL003' USING MESSAGE = 'another session holds this call''s token'; \
            END IF; \
            FOR j IN 1..n LOOP \
-             IF wait_ms = 0 THEN \
-               IF NOT ({xact_try}) THEN RAISE SQLSTATE 'AL002'; END IF; \
-             ELSIF NOT ({xact_try}) THEN \
+             IF NOT ({xact_try}) THEN \
+               IF wait_ms = 0 THEN RAISE SQLSTATE 'AL002'; END IF; \
+               IF slice IS NULL THEN {START_WAITING} END IF; \
                waited := true; \
                PERFORM {xact_wait}; \
              END IF; \
@@ -128,24 +133,22 @@ pub(crate) fn body() -> String {
              FOR j IN 1..n LOOP \
                taken := j + (({session}) IS NULL)::int; \
              END LOOP; \
-             RAISE SQLSTATE 'AL001'; \
            END IF; \
-           outcome := CASE WHEN waited THEN 'waited' ELSE outcome END; \
+           IF waited OR waited_ms > 0 THEN outcome := 'waited'; END IF; \
          EXCEPTION \
-           WHEN SQLSTATE 'AL001' THEN \
-             outcome := CASE WHEN waited THEN 'waited' ELSE outcome END; \
            WHEN SQLSTATE 'AL002' THEN outcome := 'busy'; \
            WHEN OTHERS OR query_canceled THEN \
              outcome := CASE \
-               WHEN SQLSTATE <> '55P03' OR wait_ms = 0 THEN SQLSTATE || ' ' || SQLERRM \
+               WHEN SQLSTATE <> '55P03' OR slice IS NULL THEN SQLSTATE || ' ' || SQLERRM \
                WHEN remaining IS NULL OR remaining > slice THEN 'waiting' \
                WHEN wait_ms > 0 THEN 'busy' \
                ELSE SQLSTATE || ' ' || SQLERRM END; \
              {give_back} \
          END; \
-         PERFORM set_config('lock_timeout', saved, true); \
-         IF checking IS NOT NULL THEN \
-           PERFORM set_config('client_connection_check_interval', checking, true); \
+         IF slice IS NOT NULL AND xact THEN \
+           ignored := set_config('lock_timeout', saved, true) \
+                   || CASE WHEN checking IS NULL THEN '' \
+                           ELSE set_config('client_connection_check_interval', checking, true) END; \
          END IF;"
     )
 }
@@ -408,10 +411,17 @@ mod tests {
     }
 
     #[test]
+    fn dump_for_measurement() {
+        if let Ok(path) = std::env::var("ALOCK_DUMP_FUNCTIONS") {
+            std::fs::write(path, create_functions()).unwrap();
+        }
+    }
+
+    #[test]
     fn custom_sqlstates_are_not_categories() {
         // PL/pgSQL treats a SQLSTATE ending in 000 as a whole class.
         let body = body();
         assert!(!body.contains("'AL000'"));
-        assert!(body.contains("'AL001'") && body.contains("'AL002'"));
+        assert!(body.contains("'AL002'"));
     }
 }
