@@ -373,8 +373,10 @@ pub trait AdvisoryLockExt: sealed::Connection {
     ///
     /// # Cancel safety
     ///
-    /// Dropped at any point, the transaction is rolled back before the
-    /// connection's next use, and nothing is held.
+    /// Dropped once `BEGIN` is answered, the transaction is rolled back
+    /// before the connection's next use, and nothing is held. Dropped during
+    /// `BEGIN`'s own round trip, it is sqlx's `begin`, which in sqlx 0.9.0
+    /// leaves the server in the transaction.
     fn begin_locked_exclusive(
         &mut self,
         keys: impl AdvisoryKeys,

@@ -87,7 +87,7 @@ const START_WAITING: &str = "\
     slice := (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 1000)::int8 + 100; \
     budget := CASE WHEN wait_ms > 0 THEN wait_ms \
                    ELSE (extract(epoch FROM saved::interval) * 1000)::int8 END; \
-    remaining := CASE WHEN budget > 0 THEN greatest(budget - waited_ms, 1) END; \
+    remaining := CASE WHEN budget > 0 THEN greatest(budget - greatest(waited_ms, 0), 1) END; \
     ignored := set_config('lock_timeout', least(coalesce(remaining, slice), slice) || 'ms', true) \
             || CASE WHEN checking IS NULL THEN '' \
                     ELSE set_config('client_connection_check_interval', '100ms', true) END;";
@@ -96,47 +96,62 @@ const START_WAITING: &str = "\
 /// entry per id, NULL where the id is of the other form), `shared bool`,
 /// `xact bool`, `wait_ms int8` (0: never wait; -1: as long as the session's
 /// `lock_timeout` allows; otherwise the caller's timeout), `waited_ms int8`
-/// (waited by earlier slices of this call), `token int4`.
+/// (waited by earlier slices of this call; -1 when the caller just found the
+/// first id busy, so that it is waited for without another try), `token
+/// int4`.
 ///
 /// Returns `acquired`, `waited` (acquired after waiting), `busy`,
 /// `waiting` (a slice ended; call again), or `SQLSTATE message`. All or
 /// nothing: every error raised inside is caught, and what the call took is
 /// given back before it returns.
 ///
-/// How: every id is first taken at transaction level, in order (tried,
-/// and waited for only when busy), inside a block whose rollback gives all
-/// of them back. A session-level call then takes its token and each id at
-/// session level, each in one statement with its record; each is already
-/// held by the transaction, so each is granted at once. The
-/// transaction-level holds end with the caller's statement: session-level
-/// acquires run outside transactions only.
+/// How, at session level: the token, then each id in order, is tried, each
+/// try in one statement with its record (`taken`), so an interrupt lands
+/// before both or after both. A busy id is waited for at transaction level
+/// and then taken at session level, which the transaction's hold grants at
+/// once, with its record: a wait cut short, even just after its grant,
+/// leaves only a transaction-level hold, which the block's rollback gives
+/// back. At transaction level every id is tried, then waited for if busy,
+/// and the block's rollback gives back everything on an error.
 pub(crate) fn body() -> String {
     let xact_try = call("pg_try_advisory_xact_lock", "j");
     let xact_wait = call("pg_advisory_xact_lock", "j");
-    let session = call("pg_try_advisory_lock", "j");
+    let session_try = call("pg_try_advisory_lock", "j");
     let give_back = give_back();
     format!(
         "BEGIN \
-           IF NOT xact AND NOT pg_try_advisory_xact_lock_shared({TOKEN_NAMESPACE}, token) THEN \
-             RAISE SQLSTATE 'AL003' USING MESSAGE = 'another session holds this call''s token'; \
-           END IF; \
-           FOR j IN 1..n LOOP \
-             IF NOT ({xact_try}) THEN \
-               IF wait_ms = 0 THEN RAISE SQLSTATE 'AL002'; END IF; \
-               IF slice IS NULL THEN {START_WAITING} END IF; \
-               waited := true; \
-               PERFORM {xact_wait}; \
-             END IF; \
-           END LOOP; \
            IF NOT xact THEN \
              tokened := pg_try_advisory_lock_shared({TOKEN_NAMESPACE}, token); \
-             FOR j IN 1..n LOOP \
-               taken := j + (({session}) IS NULL)::int; \
-             END LOOP; \
+             IF NOT tokened THEN \
+               RAISE SQLSTATE 'AL003' USING MESSAGE = 'another session holds this call''s token'; \
+             END IF; \
            END IF; \
-           IF waited OR waited_ms > 0 THEN outcome := 'waited'; END IF; \
+           FOR j IN 1..n LOOP \
+             IF xact THEN \
+               IF NOT ({xact_try}) THEN \
+                 IF wait_ms = 0 THEN RAISE SQLSTATE 'AL002'; END IF; \
+                 IF slice IS NULL THEN {START_WAITING} END IF; \
+                 waited := true; \
+                 PERFORM {xact_wait}; \
+               END IF; \
+             ELSE \
+               IF j > 1 OR waited_ms >= 0 THEN \
+                 taken := taken + ({session_try})::int; \
+               END IF; \
+               IF taken < j THEN \
+                 IF wait_ms = 0 THEN RAISE SQLSTATE 'AL002'; END IF; \
+                 IF slice IS NULL THEN {START_WAITING} END IF; \
+                 waited := true; \
+                 PERFORM {xact_wait}; \
+                 taken := j + (({session_try}) IS NULL)::int; \
+               END IF; \
+             END IF; \
+           END LOOP; \
+           IF waited OR waited_ms <> 0 THEN outcome := 'waited'; END IF; \
          EXCEPTION \
-           WHEN SQLSTATE 'AL002' THEN outcome := 'busy'; \
+           WHEN SQLSTATE 'AL002' THEN \
+             outcome := 'busy'; \
+             {give_back} \
            WHEN OTHERS OR query_canceled THEN \
              outcome := CASE \
                WHEN SQLSTATE <> '55P03' OR slice IS NULL THEN SQLSTATE || ' ' || SQLERRM \
@@ -214,28 +229,28 @@ pub(crate) const fn lock_one(id: LockId, shared: bool) -> &'static str {
             "AND pg_try_advisory_lock($1) ",
             "AND pg_try_advisory_lock_shared(", token_namespace!(), ", $2) THEN 'acquired' ",
             "WHEN $3 = 0 THEN 'busy' ",
-            "ELSE pg_temp.alock_v4_acquire(ARRAY[$1], NULL, NULL, false, false, $3, $4, $2) END"
+            "ELSE pg_temp.alock_v4_acquire(ARRAY[$1], NULL, NULL, false, false, $3, CASE WHEN $4 = 0 THEN -1 ELSE $4 END, $2) END"
         ),
         (LockId::Int8(_), true) => concat!(
             "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(", token_namespace!(), ", $2) ",
             "AND pg_try_advisory_lock_shared($1) ",
             "AND pg_try_advisory_lock_shared(", token_namespace!(), ", $2) THEN 'acquired' ",
             "WHEN $3 = 0 THEN 'busy' ",
-            "ELSE pg_temp.alock_v4_acquire(ARRAY[$1], NULL, NULL, true, false, $3, $4, $2) END"
+            "ELSE pg_temp.alock_v4_acquire(ARRAY[$1], NULL, NULL, true, false, $3, CASE WHEN $4 = 0 THEN -1 ELSE $4 END, $2) END"
         ),
         (LockId::Int4Pair(..), false) => concat!(
             "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(", token_namespace!(), ", $3) ",
             "AND pg_try_advisory_lock($1, $2) ",
             "AND pg_try_advisory_lock_shared(", token_namespace!(), ", $3) THEN 'acquired' ",
             "WHEN $4 = 0 THEN 'busy' ",
-            "ELSE pg_temp.alock_v4_acquire(NULL, ARRAY[$1], ARRAY[$2], false, false, $4, $5, $3) END"
+            "ELSE pg_temp.alock_v4_acquire(NULL, ARRAY[$1], ARRAY[$2], false, false, $4, CASE WHEN $5 = 0 THEN -1 ELSE $5 END, $3) END"
         ),
         (LockId::Int4Pair(..), true) => concat!(
             "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(", token_namespace!(), ", $3) ",
             "AND pg_try_advisory_lock_shared($1, $2) ",
             "AND pg_try_advisory_lock_shared(", token_namespace!(), ", $3) THEN 'acquired' ",
             "WHEN $4 = 0 THEN 'busy' ",
-            "ELSE pg_temp.alock_v4_acquire(NULL, ARRAY[$1], ARRAY[$2], true, false, $4, $5, $3) END"
+            "ELSE pg_temp.alock_v4_acquire(NULL, ARRAY[$1], ARRAY[$2], true, false, $4, CASE WHEN $5 = 0 THEN -1 ELSE $5 END, $3) END"
         ),
     }
 }
