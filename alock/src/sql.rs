@@ -51,9 +51,9 @@ fn call(function: &str, j: &str) -> String {
 /// Declarations of [`body`] beyond its arguments.
 const BODY_DECLARATIONS: &str = "\
     n int := greatest(cardinality(k), cardinality(a)); \
-    taken int := 0; tokened bool := false; waited bool := false; \
+    taken int := 0; waiting int := 0; tokened bool := false; waited bool := false; \
     outcome text := 'acquired'; \
-    saved text; checking text; slice int8; budget int8; remaining int8; ignored text;";
+    saved text; slice int8; budget int8; remaining int8; ignored text;";
 
 /// Gives back the session-level holds a body recorded (`taken` ids, then
 /// the token), each in the same statement as its record, retried where an
@@ -77,20 +77,31 @@ fn give_back() -> String {
 }
 
 /// Starts waiting: sets `lock_timeout` to one slice, or to what is left of
-/// the call's budget if less, and lets the server notice a client that
-/// closed its connection within 100 ms (PostgreSQL 14+). Both are set for
-/// the transaction: a session-level acquire runs outside transactions, so
-/// they end with its statement; a transaction-level one restores them.
+/// the call's budget if less, for the transaction: a session-level acquire
+/// runs outside transactions, so it ends with its statement; a
+/// transaction-level one restores it.
 const START_WAITING: &str = "\
     saved := current_setting('lock_timeout'); \
-    checking := current_setting('client_connection_check_interval', true); \
     slice := (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 1000)::int8 + 100; \
     budget := CASE WHEN wait_ms > 0 THEN wait_ms \
                    ELSE (extract(epoch FROM saved::interval) * 1000)::int8 END; \
     remaining := CASE WHEN budget > 0 THEN greatest(budget - greatest(waited_ms, 0), 1) END; \
-    ignored := set_config('lock_timeout', least(coalesce(remaining, slice), slice) || 'ms', true) \
-            || CASE WHEN checking IS NULL THEN '' \
-                    ELSE set_config('client_connection_check_interval', '100ms', true) END;";
+    ignored := set_config('lock_timeout', least(coalesce(remaining, slice), slice) || 'ms', true);";
+
+/// Whether `pg_locks` shows id `i` (a PL/pgSQL expression) granted to this
+/// session in the body's mode.
+fn granted_to_session(i: &str) -> String {
+    format!(
+        "EXISTS (SELECT FROM pg_locks \
+                  WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid() \
+                    AND mode = CASE WHEN shared THEN 'ShareLock' ELSE 'ExclusiveLock' END \
+                    AND objsubid = CASE WHEN a[{i}] IS NULL THEN 1 ELSE 2 END \
+                    AND classid::int8 = CASE WHEN a[{i}] IS NULL THEN (k[{i}] >> 32) & 4294967295 \
+                                             ELSE a[{i}]::int8 & 4294967295 END \
+                    AND objid::int8 = CASE WHEN a[{i}] IS NULL THEN k[{i}] & 4294967295 \
+                                           ELSE b[{i}]::int8 & 4294967295 END)"
+    )
+}
 
 /// The acquire body. Arguments: `k int8[]`, `a int4[]`, `b int4[]` (one
 /// entry per id, NULL where the id is of the other form), `shared bool`,
@@ -105,18 +116,22 @@ const START_WAITING: &str = "\
 /// nothing: every error raised inside is caught, and what the call took is
 /// given back before it returns.
 ///
-/// How, at session level: the token, then each id in order, is tried, each
-/// try in one statement with its record (`taken`), so an interrupt lands
-/// before both or after both. A busy id is waited for at transaction level
-/// and then taken at session level, which the transaction's hold grants at
-/// once, with its record: a wait cut short, even just after its grant,
-/// leaves only a transaction-level hold, which the block's rollback gives
-/// back. At transaction level every id is tried, then waited for if busy,
-/// and the block's rollback gives back everything on an error.
+/// How, at session level: the token, then each id in order, is tried, and
+/// a busy id waited for, each in one statement with its record (`taken`),
+/// so an interrupt lands before both or after both. The one exception is a
+/// wait cut short just after its grant (the server keeps the grant): after
+/// an error, the id being waited for counts as taken when `pg_locks` shows
+/// it held in this mode. That is exact: the try before the wait failed, and
+/// a session is always granted at once an id it already holds in the mode,
+/// so it did not hold it before. At transaction level every id is tried,
+/// then waited for if busy, and the block's rollback gives back everything
+/// on an error.
 pub(crate) fn body() -> String {
     let xact_try = call("pg_try_advisory_xact_lock", "j");
     let xact_wait = call("pg_advisory_xact_lock", "j");
     let session_try = call("pg_try_advisory_lock", "j");
+    let session_wait = call("pg_advisory_lock", "j");
+    let granted_to_session = granted_to_session("waiting");
     let give_back = give_back();
     format!(
         "BEGIN \
@@ -142,8 +157,8 @@ pub(crate) fn body() -> String {
                  IF wait_ms = 0 THEN RAISE SQLSTATE 'AL002'; END IF; \
                  IF slice IS NULL THEN {START_WAITING} END IF; \
                  waited := true; \
-                 PERFORM {xact_wait}; \
-                 taken := j + (({session_try}) IS NULL)::int; \
+                 waiting := j; \
+                 taken := j + (({session_wait}) IS NULL)::int; \
                END IF; \
              END IF; \
            END LOOP; \
@@ -158,12 +173,11 @@ pub(crate) fn body() -> String {
                WHEN remaining IS NULL OR remaining > slice THEN 'waiting' \
                WHEN wait_ms > 0 THEN 'busy' \
                ELSE SQLSTATE || ' ' || SQLERRM END; \
+             IF waiting > taken AND {granted_to_session} THEN taken := waiting; END IF; \
              {give_back} \
          END; \
          IF slice IS NOT NULL AND xact THEN \
-           ignored := set_config('lock_timeout', saved, true) \
-                   || CASE WHEN checking IS NULL THEN '' \
-                           ELSE set_config('client_connection_check_interval', checking, true) END; \
+           ignored := set_config('lock_timeout', saved, true); \
          END IF;"
     )
 }
