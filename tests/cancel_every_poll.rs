@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use alock::{ExclusiveLock, LockId, ShareLock};
@@ -21,9 +21,10 @@ use sqlx::PgConnection;
 async fn poll_then_drop<F: Future>(future: F, polls: usize, at_once: bool) -> bool {
     let mut future = pin!(future);
     for i in 0..polls {
-        if let Poll::Ready(_) = future
+        if future
             .as_mut()
             .poll(&mut Context::from_waker(Waker::noop()))
+            .is_ready()
         {
             return true;
         }
@@ -82,7 +83,11 @@ async fn an_acquire_dropped_after_any_poll_leaves_nothing_and_keeps_the_outer_ho
                 };
                 let what = format!("warm {warm}, single {single}, {polls} polls, {finished}");
                 assert_answers(outer.connection(), &what).await;
-                assert_eq!(held(&mut observer, pid, outer_id).await, Held::Shared, "{what}");
+                assert_eq!(
+                    held(&mut observer, pid, outer_id).await,
+                    Held::Shared,
+                    "{what}"
+                );
                 for id in &ids[1..] {
                     assert_eq!(held(&mut observer, pid, *id).await, Held::Nothing, "{what}");
                 }

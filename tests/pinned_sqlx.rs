@@ -144,7 +144,10 @@ async fn a_query_dropped_before_its_statement_was_prepared_never_runs() {
         assert!(polled.is_pending());
     }
     assert_answers(&mut conn, "the dropped prepare left an answer").await;
-    assert!(is_free(id).await, "the statement ran although dropped at Parse");
+    assert!(
+        is_free(id).await,
+        "the statement ran although dropped at Parse"
+    );
 }
 
 #[tokio::test]

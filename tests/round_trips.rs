@@ -256,7 +256,11 @@ async fn inside_a_transaction_several_ids_cost_one_round_trip_and_leave_nothing_
         assert_eq!(t, 0, "session lock refused inside a transaction");
         assert!(matches!(guard, Err(alock::Error::InTransaction)));
     }
-    assert_eq!(statements(&mut tx).await, before, "prepared statements leaked");
+    assert_eq!(
+        statements(&mut tx).await,
+        before,
+        "prepared statements leaked"
+    );
     tx.commit().await.unwrap();
 }
 
@@ -269,7 +273,13 @@ async fn every_path_prepares_at_most_sixteen_statements() {
     let int8 = alock_dev::unique_int8_keys(3);
     let pairs = unique_keys(3);
     for shared in [false, true] {
-        for ids in [&int8[..1], &pairs[..1], &int8[..], &pairs[..], &[int8[0], pairs[0]][..]] {
+        for ids in [
+            &int8[..1],
+            &pairs[..1],
+            &int8[..],
+            &pairs[..],
+            &[int8[0], pairs[0]][..],
+        ] {
             let mut lock = AdvisoryLock::<_, alock::Exclusive>::new(&mut conn, ids);
             if shared {
                 let mut lock = ShareLock::new(lock.connection(), ids);
@@ -300,11 +310,16 @@ async fn every_path_prepares_at_most_sixteen_statements() {
             let guard = if shared {
                 conn.lock_shared_timeout(id, Duration::from_millis(5)).await
             } else {
-                conn.lock_exclusive_timeout(id, Duration::from_millis(5)).await
+                conn.lock_exclusive_timeout(id, Duration::from_millis(5))
+                    .await
             };
             assert!(guard.unwrap().is_none());
             let mut tx = conn.begin().await.unwrap();
-            assert!(!tx.xact_lock_exclusive_timeout(id, Duration::from_millis(5)).await.unwrap());
+            assert!(
+                !tx.xact_lock_exclusive_timeout(id, Duration::from_millis(5))
+                    .await
+                    .unwrap()
+            );
             tx.commit().await.unwrap();
         }
     }

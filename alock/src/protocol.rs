@@ -102,9 +102,16 @@ pub(crate) async fn acquire(
     let started = Instant::now();
     let mut waited_ms = 0;
     loop {
-        let outcome = run_acquire(flight.conn, ids, shared, patience.wait_ms(), waited_ms, token)
-            .await
-            .map_err(Error::from_sqlx);
+        let outcome = run_acquire(
+            flight.conn,
+            ids,
+            shared,
+            patience.wait_ms(),
+            waited_ms,
+            token,
+        )
+        .await
+        .map_err(Error::from_sqlx);
         // A statement that failed as a whole may have taken the ids before
         // it failed: the flight stays armed, and its release is queued.
         match Outcome::parse(&outcome?) {
@@ -141,12 +148,14 @@ async fn run_acquire(
     token: i32,
 ) -> Result<String, sqlx::Error> {
     let call = async |conn: &mut PgConnection| match ids {
-        [id] => bind_id!(sqlx::query_scalar(sql::lock_one(*id, shared)), *id)
-            .bind(token)
-            .bind(wait_ms)
-            .bind(waited_ms)
-            .fetch_one(conn)
-            .await,
+        [id] => {
+            bind_id!(sqlx::query_scalar(sql::lock_one(*id, shared)), *id)
+                .bind(token)
+                .bind(wait_ms)
+                .bind(waited_ms)
+                .fetch_one(conn)
+                .await
+        }
         _ => {
             let (k, a, b) = arrays(ids.iter());
             sqlx::query_scalar(sql::ACQUIRE_MANY)
@@ -213,7 +222,6 @@ impl Outcome {
         }
     }
 }
-
 
 /// The ids as the three parallel arrays the functions take: `int8`, first
 /// `int4`, second `int4`, NULL where an id is of the other form.
@@ -436,7 +444,10 @@ mod tests {
 
     #[test]
     fn outcomes() {
-        assert_eq!(Outcome::parse("acquired"), Outcome::Acquired { waited: false });
+        assert_eq!(
+            Outcome::parse("acquired"),
+            Outcome::Acquired { waited: false }
+        );
         assert_eq!(Outcome::parse("waited"), Outcome::Acquired { waited: true });
         assert_eq!(Outcome::parse("busy"), Outcome::Busy);
         assert_eq!(Outcome::parse("waiting"), Outcome::Waiting);

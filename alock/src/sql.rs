@@ -239,30 +239,46 @@ pub(crate) fn create_functions() -> String {
 pub(crate) const fn lock_one(id: LockId, shared: bool) -> &'static str {
     match (id, shared) {
         (LockId::Int8(_), false) => concat!(
-            "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(", token_namespace!(), ", $2) ",
+            "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(",
+            token_namespace!(),
+            ", $2) ",
             "AND pg_try_advisory_lock($1) ",
-            "AND pg_try_advisory_lock_shared(", token_namespace!(), ", $2) THEN 'acquired' ",
+            "AND pg_try_advisory_lock_shared(",
+            token_namespace!(),
+            ", $2) THEN 'acquired' ",
             "WHEN $3 = 0 THEN 'busy' ",
             "ELSE pg_temp.alock_v4_acquire(ARRAY[$1], NULL, NULL, false, false, $3, CASE WHEN $4 = 0 THEN -1 ELSE $4 END, $2) END"
         ),
         (LockId::Int8(_), true) => concat!(
-            "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(", token_namespace!(), ", $2) ",
+            "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(",
+            token_namespace!(),
+            ", $2) ",
             "AND pg_try_advisory_lock_shared($1) ",
-            "AND pg_try_advisory_lock_shared(", token_namespace!(), ", $2) THEN 'acquired' ",
+            "AND pg_try_advisory_lock_shared(",
+            token_namespace!(),
+            ", $2) THEN 'acquired' ",
             "WHEN $3 = 0 THEN 'busy' ",
             "ELSE pg_temp.alock_v4_acquire(ARRAY[$1], NULL, NULL, true, false, $3, CASE WHEN $4 = 0 THEN -1 ELSE $4 END, $2) END"
         ),
         (LockId::Int4Pair(..), false) => concat!(
-            "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(", token_namespace!(), ", $3) ",
+            "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(",
+            token_namespace!(),
+            ", $3) ",
             "AND pg_try_advisory_lock($1, $2) ",
-            "AND pg_try_advisory_lock_shared(", token_namespace!(), ", $3) THEN 'acquired' ",
+            "AND pg_try_advisory_lock_shared(",
+            token_namespace!(),
+            ", $3) THEN 'acquired' ",
             "WHEN $4 = 0 THEN 'busy' ",
             "ELSE pg_temp.alock_v4_acquire(NULL, ARRAY[$1], ARRAY[$2], false, false, $4, CASE WHEN $5 = 0 THEN -1 ELSE $5 END, $3) END"
         ),
         (LockId::Int4Pair(..), true) => concat!(
-            "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(", token_namespace!(), ", $3) ",
+            "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(",
+            token_namespace!(),
+            ", $3) ",
             "AND pg_try_advisory_lock_shared($1, $2) ",
-            "AND pg_try_advisory_lock_shared(", token_namespace!(), ", $3) THEN 'acquired' ",
+            "AND pg_try_advisory_lock_shared(",
+            token_namespace!(),
+            ", $3) THEN 'acquired' ",
             "WHEN $4 = 0 THEN 'busy' ",
             "ELSE pg_temp.alock_v4_acquire(NULL, ARRAY[$1], ARRAY[$2], true, false, $4, CASE WHEN $5 = 0 THEN -1 ELSE $5 END, $3) END"
         ),
