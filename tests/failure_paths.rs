@@ -245,6 +245,17 @@ async fn full_lock_table_is_typed_and_leaves_nothing_of_the_call() {
     let mut lone = ExclusiveLock::new(&mut prior, LockId::Int8(-5));
     let err = lone.acquire().await.unwrap_err();
     assert!(matches!(err, Error::LockTableFull(_)), "{err:?}");
+    // The statement failed: the server's own error is there to downcast.
+    let Error::LockTableFull(server) = &err else {
+        unreachable!()
+    };
+    let source = std::error::Error::source(server).expect("the sqlx error");
+    let pg = source
+        .downcast_ref::<sqlx::Error>()
+        .and_then(|e| e.as_database_error())
+        .and_then(|e| e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+        .expect("a PgDatabaseError");
+    assert_eq!(pg.code(), "53200");
     drop(lone);
     assert_answers(
         prior.as_mut(),

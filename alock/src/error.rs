@@ -1,6 +1,7 @@
 //! The one error type of this crate.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Everything that can go wrong while taking, releasing or inspecting a lock.
 ///
@@ -109,14 +110,28 @@ impl From<sqlx::Error> for Error {
     }
 }
 
-/// An error the server reported while taking advisory locks: its SQLSTATE
-/// and message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An error the server reported while taking or releasing advisory locks:
+/// its SQLSTATE and message.
+///
+/// When the error failed a statement, the sqlx error is its
+/// [`source`](std::error::Error::source), which downcasts to
+/// `sqlx::postgres::PgDatabaseError` for the server's detail; an error that
+/// the lock body caught on the server and reported as data has no source.
+#[derive(Debug, Clone)]
 pub struct ServerError {
     code: String,
     message: String,
     during: &'static str,
+    source: Option<Arc<sqlx::Error>>,
 }
+
+impl PartialEq for ServerError {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.code, &self.message, self.during) == (&other.code, &other.message, other.during)
+    }
+}
+
+impl Eq for ServerError {}
 
 impl ServerError {
     /// The five-character SQLSTATE, e.g. `40P01`.
@@ -140,11 +155,26 @@ impl fmt::Display for ServerError {
     }
 }
 
-impl std::error::Error for ServerError {}
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 impl Error {
     /// The typed error for a SQLSTATE and message reported by the server.
     pub(crate) fn from_server(code: String, message: String, during: &'static str) -> Error {
+        Error::typed(code, message, during, None)
+    }
+
+    fn typed(
+        code: String,
+        message: String,
+        during: &'static str,
+        source: Option<Arc<sqlx::Error>>,
+    ) -> Error {
         let variant = match code.as_str() {
             "40P01" => Error::Deadlock,
             "53200" => Error::LockTableFull,
@@ -157,6 +187,7 @@ impl Error {
             code,
             message,
             during,
+            source,
         })
     }
 
@@ -174,7 +205,8 @@ impl Error {
             && let Some(code @ ("40P01" | "53200" | "55P03" | "57014" | "25P02")) =
                 db.code().as_deref()
         {
-            return Error::from_server(code.to_owned(), db.message().to_owned(), during);
+            let (code, message) = (code.to_owned(), db.message().to_owned());
+            return Error::typed(code, message, during, Some(Arc::new(error)));
         }
         Error::Database(error)
     }
