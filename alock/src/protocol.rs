@@ -1,10 +1,11 @@
 //! The operations every lock form is built from, on a bare `PgConnection`.
 //!
-//! Every session-level hold has a token (see `sql.rs`). A statement that
-//! may take or release ids is watched by an [`InFlight`] until its answer is
-//! read; if it is dropped before, or the statement failed as a whole, it
-//! queues [`sql::release_if_token_held`], which releases the ids exactly
-//! when the session holds the token.
+//! Every id of a session-level hold is taken and released together with
+//! its record (see `sql.rs`). A statement that may take or release ids is
+//! watched by an [`InFlight`] until its answer is read; if it is dropped
+//! before, or the statement failed as a whole, it queues
+//! [`sql::release_recorded`], which releases exactly the ids whose records
+//! the session holds.
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::time::{Duration, Instant};
@@ -344,7 +345,7 @@ async fn release_many(
     token: i32,
 ) -> Result<usize, sqlx::Error> {
     let call = async |conn: &mut PgConnection| {
-        let (k, a, b) = arrays(ids.iter().rev());
+        let (k, a, b) = arrays(ids.iter());
         sqlx::query_scalar(sql::RELEASE_MANY)
             .bind(k)
             .bind(a)
@@ -362,16 +363,12 @@ async fn release_many(
     if session::create(conn).await? {
         return call(conn).await;
     }
-    // No functions: the queued release does the same work. Whether the ids
-    // were all still held is then not known; say nothing was missing only
-    // if the token, taken with them, still was.
-    let held: bool = sqlx::query_scalar(sql::TOKEN_HELD)
-        .bind(i64::from(token as u32))
-        .fetch_one(&mut *conn)
-        .await?;
-    let text = sql::release_if_token_held(ids, shared, token);
-    sqlx::raw_sql(AssertSqlSafe(text)).execute(conn).await?;
-    Ok(if held { 0 } else { ids.len() })
+    let text = sql::release_block(ids, shared, token);
+    let missing: String = sqlx::raw_sql(AssertSqlSafe(text))
+        .fetch_one(conn)
+        .await?
+        .try_get(0)?;
+    Ok(missing.parse().unwrap_or(0))
 }
 
 /// Whether this session holds every id, granted, in this mode, according to
@@ -398,7 +395,7 @@ pub(crate) async fn held(
 /// Queues the release of a held hold, for `Drop`.
 pub(crate) fn release_on_drop(conn: &mut PgConnection, ids: &[LockId], shared: bool, token: i32) {
     if !ids.is_empty() {
-        pending::queue(conn, sql::release_if_token_held(ids, shared, token));
+        pending::queue(conn, sql::release_recorded(ids, shared, token));
     }
 }
 

@@ -23,11 +23,11 @@ use crate::LockId;
 /// The first key of every token, in the int4-pair key space.
 pub(crate) const TOKEN_NAMESPACE: i32 = 1_634_496_355;
 
-/// [`TOKEN_NAMESPACE`] as a literal, for the statement texts written as
-/// constants: the bytes of "aloc".
-macro_rules! token_namespace {
+/// The first half of the record of a single id, [`TOKEN_NAMESPACE`] + 1, as
+/// a literal for the statement texts written as constants.
+macro_rules! first_record {
     () => {
-        "1634496355"
+        "1634496356"
     };
 }
 
@@ -51,26 +51,25 @@ fn call(function: &str, j: &str) -> String {
 /// Declarations of [`body`] beyond its arguments.
 const BODY_DECLARATIONS: &str = "\
     n int := greatest(cardinality(k), cardinality(a)); \
-    taken int := 0; waiting int := 0; tokened bool := false; waited bool := false; \
-    outcome text := 'acquired'; \
+    taken int := 0; waiting int := 0; waited bool := false; outcome text; \
     saved text; slice int8; budget int8; remaining int8; ignored text;";
 
-/// Gives back the session-level holds a body recorded (`taken` ids, then
-/// the token), each in the same statement as its record, retried where an
-/// interrupt lands, so that it ends with none of them held.
+/// Gives back the ids a body took (`taken` of them) with their records,
+/// each id with its record in one statement, retried where an interrupt (a
+/// cancel, `statement_timeout`) lands, so that it ends with none of them
+/// held. Only interrupts are retried: any other error ends the call, and
+/// the cleanup its caller queues finishes the work from the records.
 fn give_back() -> String {
     let unlock = call("pg_advisory_unlock", "taken");
     format!(
         "LOOP \
            BEGIN \
              WHILE taken > 0 LOOP \
-               taken := taken - 1 - (({unlock}) IS NULL)::int; \
+               taken := taken - 1 - (({unlock}) IS NULL)::int \
+                        - (pg_advisory_unlock_shared({TOKEN_NAMESPACE} + taken, token) IS NULL)::int; \
              END LOOP; \
-             IF tokened THEN \
-               tokened := pg_advisory_unlock_shared({TOKEN_NAMESPACE}, token) IS NULL; \
-             END IF; \
              EXIT; \
-           EXCEPTION WHEN OTHERS OR query_canceled THEN NULL; \
+           EXCEPTION WHEN query_canceled THEN NULL; \
            END; \
          END LOOP;"
     )
@@ -116,16 +115,17 @@ fn granted_to_session(i: &str) -> String {
 /// nothing: every error raised inside is caught, and what the call took is
 /// given back before it returns.
 ///
-/// How, at session level: the token, then each id in order, is tried, and
-/// a busy id waited for, each in one statement with its record (`taken`),
-/// so an interrupt lands before both or after both. The one exception is a
-/// wait cut short just after its grant (the server keeps the grant): after
-/// an error, the id being waited for counts as taken when `pg_locks` shows
-/// it held in this mode. That is exact: the try before the wait failed, and
-/// a session is always granted at once an id it already holds in the mode,
-/// so it did not hold it before. At transaction level every id is tried,
-/// then waited for if busy, and the block's rollback gives back everything
-/// on an error.
+/// How, at session level: each id is taken with its record, the lock
+/// `(TOKEN_NAMESPACE + position, token)`, in one statement, so that an
+/// interrupt lands before both or after both, wherever it lands; the
+/// records are reserved at transaction level first, so taking one never
+/// fails. The one exception is a wait cut short just after its grant (the
+/// server keeps the grant): after an error, the id being waited for counts
+/// as taken, with its record, when `pg_locks` shows it held in this mode.
+/// That is exact: the try before the wait failed, and a session is always
+/// granted at once an id it already holds in the mode, so it did not hold
+/// it before. At transaction level every id is tried, then waited for if
+/// busy, and the block's rollback gives back everything on an error.
 pub(crate) fn body() -> String {
     let xact_try = call("pg_try_advisory_xact_lock", "j");
     let xact_wait = call("pg_advisory_xact_lock", "j");
@@ -134,13 +134,16 @@ pub(crate) fn body() -> String {
     let granted_to_session = granted_to_session("waiting");
     let give_back = give_back();
     format!(
-        "BEGIN \
-           IF NOT xact THEN \
-             tokened := pg_try_advisory_lock_shared({TOKEN_NAMESPACE}, token); \
-             IF NOT tokened THEN \
-               RAISE SQLSTATE 'AL003' USING MESSAGE = 'another session holds this call''s token'; \
-             END IF; \
-           END IF; \
+        "IF NOT xact THEN \
+           BEGIN \
+             PERFORM count(pg_try_advisory_xact_lock_shared({TOKEN_NAMESPACE} + g, token)) \
+                FROM generate_series(1, n) AS g; \
+           EXCEPTION WHEN OTHERS OR query_canceled THEN \
+             outcome := SQLSTATE || ' ' || SQLERRM; \
+           END; \
+         END IF; \
+         IF outcome IS NULL THEN \
+         BEGIN \
            FOR j IN 1..n LOOP \
              IF xact THEN \
                IF NOT ({xact_try}) THEN \
@@ -151,18 +154,20 @@ pub(crate) fn body() -> String {
                END IF; \
              ELSE \
                IF j > 1 OR waited_ms >= 0 THEN \
-                 taken := taken + ({session_try})::int; \
+                 taken := taken + (({session_try}) \
+                                   AND pg_try_advisory_lock_shared({TOKEN_NAMESPACE} + j, token))::int; \
                END IF; \
                IF taken < j THEN \
                  IF wait_ms = 0 THEN RAISE SQLSTATE 'AL002'; END IF; \
                  IF slice IS NULL THEN {START_WAITING} END IF; \
                  waited := true; \
                  waiting := j; \
-                 taken := j + (({session_wait}) IS NULL)::int; \
+                 taken := j + (({session_wait}) IS NULL)::int \
+                          + (NOT pg_try_advisory_lock_shared({TOKEN_NAMESPACE} + j, token))::int; \
                END IF; \
              END IF; \
            END LOOP; \
-           IF waited OR waited_ms <> 0 THEN outcome := 'waited'; END IF; \
+           outcome := CASE WHEN waited OR waited_ms <> 0 THEN 'waited' ELSE 'acquired' END; \
          EXCEPTION \
            WHEN SQLSTATE 'AL002' THEN \
              outcome := 'busy'; \
@@ -173,9 +178,12 @@ pub(crate) fn body() -> String {
                WHEN remaining IS NULL OR remaining > slice THEN 'waiting' \
                WHEN wait_ms > 0 THEN 'busy' \
                ELSE SQLSTATE || ' ' || SQLERRM END; \
-             IF waiting > taken AND {granted_to_session} THEN taken := waiting; END IF; \
+             taken := CASE WHEN waiting > taken AND {granted_to_session} \
+                                AND pg_try_advisory_lock_shared({TOKEN_NAMESPACE} + waiting, token) \
+                           THEN waiting ELSE taken END; \
              {give_back} \
          END; \
+         END IF; \
          IF slice IS NOT NULL AND xact THEN \
            ignored := set_config('lock_timeout', saved, true); \
          END IF;"
@@ -183,32 +191,32 @@ pub(crate) fn body() -> String {
 }
 
 /// The release body. Arguments: `k`, `a`, `b` as for [`body`], in the
-/// order to release, `shared bool`, `token int4`. Releases every id and the
-/// token, retried where an interrupt lands; returns how many of the ids the
-/// session no longer held (`outcome`).
+/// order they were taken, `shared bool`, `token int4`. Releases every id
+/// with its record, last first, each pair in one statement, retried where
+/// an interrupt lands; returns how many of the ids the session no longer
+/// held (`missing`). The position and that count share one `int8` (the
+/// position in the low 32 bits), so that a step is one statement.
 pub(crate) fn release_body() -> String {
-    let unlock = call("pg_advisory_unlock", "j");
+    let unlock = call("pg_advisory_unlock", "(p & 4294967295)::int");
     format!(
         "LOOP \
            BEGIN \
-             WHILE j <= n LOOP \
-               missing := missing + (NOT ({unlock}))::int; \
-               j := j + 1; \
+             WHILE (p & 4294967295) > 0 LOOP \
+               p := p - 1 + 4294967296 * (NOT ({unlock}))::int::int8 \
+                    - (pg_advisory_unlock_shared({TOKEN_NAMESPACE} + (p & 4294967295)::int, token) \
+                       IS NULL)::int::int8; \
              END LOOP; \
-             IF tokened THEN \
-               tokened := pg_advisory_unlock_shared({TOKEN_NAMESPACE}, token) IS NULL; \
-             END IF; \
              EXIT; \
-           EXCEPTION WHEN OTHERS OR query_canceled THEN NULL; \
+           EXCEPTION WHEN query_canceled THEN NULL; \
            END; \
-         END LOOP;"
+         END LOOP; \
+         missing := (p >> 32)::int;"
     )
 }
 
 /// Declarations of [`release_body`] beyond its arguments.
 const RELEASE_DECLARATIONS: &str = "\
-    n int := greatest(cardinality(k), cardinality(a)); \
-    j int := 1; missing int := 0; tokened bool := true;";
+    p int8 := greatest(cardinality(k), cardinality(a)); missing int;";
 
 /// Creates the session's functions, private to the session and gone when
 /// it ends. One simple query.
@@ -240,44 +248,44 @@ pub(crate) const fn lock_one(id: LockId, shared: bool) -> &'static str {
     match (id, shared) {
         (LockId::Int8(_), false) => concat!(
             "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(",
-            token_namespace!(),
+            first_record!(),
             ", $2) ",
             "AND pg_try_advisory_lock($1) ",
             "AND pg_try_advisory_lock_shared(",
-            token_namespace!(),
+            first_record!(),
             ", $2) THEN 'acquired' ",
             "WHEN $3 = 0 THEN 'busy' ",
             "ELSE pg_temp.alock_v4_acquire(ARRAY[$1], NULL, NULL, false, false, $3, CASE WHEN $4 = 0 THEN -1 ELSE $4 END, $2) END"
         ),
         (LockId::Int8(_), true) => concat!(
             "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(",
-            token_namespace!(),
+            first_record!(),
             ", $2) ",
             "AND pg_try_advisory_lock_shared($1) ",
             "AND pg_try_advisory_lock_shared(",
-            token_namespace!(),
+            first_record!(),
             ", $2) THEN 'acquired' ",
             "WHEN $3 = 0 THEN 'busy' ",
             "ELSE pg_temp.alock_v4_acquire(ARRAY[$1], NULL, NULL, true, false, $3, CASE WHEN $4 = 0 THEN -1 ELSE $4 END, $2) END"
         ),
         (LockId::Int4Pair(..), false) => concat!(
             "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(",
-            token_namespace!(),
+            first_record!(),
             ", $3) ",
             "AND pg_try_advisory_lock($1, $2) ",
             "AND pg_try_advisory_lock_shared(",
-            token_namespace!(),
+            first_record!(),
             ", $3) THEN 'acquired' ",
             "WHEN $4 = 0 THEN 'busy' ",
             "ELSE pg_temp.alock_v4_acquire(NULL, ARRAY[$1], ARRAY[$2], false, false, $4, CASE WHEN $5 = 0 THEN -1 ELSE $5 END, $3) END"
         ),
         (LockId::Int4Pair(..), true) => concat!(
             "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(",
-            token_namespace!(),
+            first_record!(),
             ", $3) ",
             "AND pg_try_advisory_lock_shared($1, $2) ",
             "AND pg_try_advisory_lock_shared(",
-            token_namespace!(),
+            first_record!(),
             ", $3) THEN 'acquired' ",
             "WHEN $4 = 0 THEN 'busy' ",
             "ELSE pg_temp.alock_v4_acquire(NULL, ARRAY[$1], ARRAY[$2], true, false, $4, CASE WHEN $5 = 0 THEN -1 ELSE $5 END, $3) END"
@@ -291,22 +299,22 @@ pub(crate) const fn unlock_one(id: LockId, shared: bool) -> &'static str {
     match (id, shared) {
         (LockId::Int8(_), false) => concat!(
             "SELECT pg_advisory_unlock($1), pg_advisory_unlock_shared(",
-            token_namespace!(),
+            first_record!(),
             ", $2)"
         ),
         (LockId::Int8(_), true) => concat!(
             "SELECT pg_advisory_unlock_shared($1), pg_advisory_unlock_shared(",
-            token_namespace!(),
+            first_record!(),
             ", $2)"
         ),
         (LockId::Int4Pair(..), false) => concat!(
             "SELECT pg_advisory_unlock($1, $2), pg_advisory_unlock_shared(",
-            token_namespace!(),
+            first_record!(),
             ", $3)"
         ),
         (LockId::Int4Pair(..), true) => concat!(
             "SELECT pg_advisory_unlock_shared($1, $2), pg_advisory_unlock_shared(",
-            token_namespace!(),
+            first_record!(),
             ", $3)"
         ),
     }
@@ -341,16 +349,6 @@ pub(crate) const HELD_BY_SESSION: &str = "\
         ON l.classid::int8 = id.c AND l.objid::int8 = id.o AND l.objsubid = id.s \
      WHERE l.locktype = 'advisory' AND l.granted AND l.mode = $4 \
        AND l.pid = pg_backend_pid()";
-
-/// Whether this session holds the token of a hold. Bind: the token as an
-/// `oid` value (`int8`). 1 round trip.
-pub(crate) const TOKEN_HELD: &str = concat!(
-    "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted ",
-    "AND pid = pg_backend_pid() AND mode = 'ShareLock' AND objsubid = 2 ",
-    "AND classid::int8 = ",
-    token_namespace!(),
-    " AND objid::int8 = $1)"
-);
 
 /// The `pg_locks.mode` of a lock mode.
 pub(crate) const fn pg_locks_mode(shared: bool) -> &'static str {
@@ -399,28 +397,52 @@ pub(crate) fn acquire_block(
     )
 }
 
-/// Releases `ids` (in reverse order) and their token if, and only if, the
-/// session holds the token: what `Drop` queues for a held object, a
-/// dropped acquire, and a release that did not finish. An anonymous block,
-/// so that it needs nothing of the session; `statement_timeout` is lifted
-/// for it, and an interrupt inside it is retried.
-pub(crate) fn release_if_token_held(ids: &[LockId], shared: bool, token: i32) -> String {
-    let reversed: Vec<LockId> = ids.iter().rev().copied().collect();
+/// The release body as an anonymous block, followed by a `SELECT` of how
+/// many ids were missing: for sessions that cannot have the functions. One
+/// simple query, 1 round trip.
+pub(crate) fn release_block(ids: &[LockId], shared: bool, token: i32) -> String {
+    format!(
+        "DO $alock$ DECLARE {arrays} shared bool := {shared}; token int4 := {token}; \
+           {RELEASE_DECLARATIONS} \
+         BEGIN {release} PERFORM set_config('alock.outcome', missing::text, false); END $alock$; \
+         SELECT current_setting('alock.outcome')",
+        arrays = arrays(ids),
+        release = release_body(),
+    )
+}
+
+/// Releases every id of a hold whose record the session holds, with the
+/// record: what `Drop` queues for a held object, for an acquire whose
+/// answer was not read, and for a release that did not finish. Exact
+/// wherever the call it cleans up after stopped, since each id and its
+/// record are taken and released together; an interrupt inside is retried
+/// from what `pg_locks` then shows. An anonymous block, so that it needs
+/// nothing of the session, with `statement_timeout` lifted for it.
+pub(crate) fn release_recorded(ids: &[LockId], shared: bool, token: i32) -> String {
+    let unlock = call("pg_advisory_unlock", "j");
     format!(
         "SELECT set_config('statement_timeout', '0', true); \
          DO $alock$ DECLARE {arrays} shared bool := {shared}; token int4 := {token}; \
-           {RELEASE_DECLARATIONS} \
+           n int := {n}; j int; ignored text; \
          BEGIN \
-           IF EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted \
-                         AND pid = pg_backend_pid() AND mode = 'ShareLock' \
-                         AND classid::int8 = {TOKEN_NAMESPACE} \
-                         AND objid::int8 = {objid} AND objsubid = 2) THEN \
-             {release} \
-           END IF; \
+           LOOP \
+             BEGIN \
+               FOR j IN SELECT (l.classid::int8 - {TOKEN_NAMESPACE})::int FROM pg_locks l \
+                         WHERE l.locktype = 'advisory' AND l.granted AND l.pid = pg_backend_pid() \
+                           AND l.mode = 'ShareLock' AND l.objsubid = 2 AND l.objid::int8 = {objid} \
+                           AND l.classid::int8 BETWEEN {TOKEN_NAMESPACE} + 1 AND {TOKEN_NAMESPACE} + n \
+                         ORDER BY 1 DESC LOOP \
+                 ignored := (({unlock}) IS NULL)::text \
+                         || (pg_advisory_unlock_shared({TOKEN_NAMESPACE} + j, token) IS NULL)::text; \
+               END LOOP; \
+               EXIT; \
+             EXCEPTION WHEN query_canceled THEN NULL; \
+             END; \
+           END LOOP; \
          END $alock$",
-        arrays = arrays(&reversed),
+        arrays = arrays(ids),
+        n = ids.len(),
         objid = token as u32,
-        release = release_body(),
     )
 }
 
@@ -442,16 +464,15 @@ mod tests {
              b int4[] := '{NULL,NULL,2147483647}';"
                 .replace("             ", "")
         );
-        let cleanup = release_if_token_held(&ids, false, i32::MIN);
+        let cleanup = release_recorded(&ids, false, i32::MIN);
         assert!(cleanup.contains("token int4 := -2147483648;"));
         assert!(cleanup.contains("objid::int8 = 2147483648 "));
-        // Released in reverse order.
-        assert!(cleanup.contains("'{NULL,9223372036854775807,-9223372036854775808}'"));
+        assert!(cleanup.contains("'{-9223372036854775808,9223372036854775807,NULL}'"));
     }
 
     #[test]
-    fn the_token_namespace_literal_matches_the_constant() {
-        assert_eq!(token_namespace!(), TOKEN_NAMESPACE.to_string());
+    fn the_token_namespace_literals_match_the_constant() {
+        assert_eq!(first_record!(), (TOKEN_NAMESPACE + 1).to_string());
         assert_eq!(TOKEN_NAMESPACE.to_be_bytes(), *b"aloc");
     }
 
