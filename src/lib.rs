@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use alock::LockId;
 
+pub mod model;
 mod wire;
 use sqlx::{Connection, PgConnection};
 pub use wire::RoundTrips;
