@@ -169,3 +169,33 @@ async fn a_begin_dropped_during_its_own_round_trip_leaves_the_server_in_a_transa
         "the server is no longer left in a transaction: sqlx fixed begin()"
     );
 }
+
+#[tokio::test]
+async fn a_savepoint_dropped_during_its_own_round_trip_rolls_the_transaction_back() {
+    // The same window inside a transaction: sqlx 0.9.0 queues a ROLLBACK at
+    // the enclosing depth. `begin_locked_*` on a transaction shares it.
+    let id = unique_key();
+    let alock::LockId::Int4Pair(a, b) = id else {
+        unreachable!()
+    };
+    let mut conn = connect().await;
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT pg_advisory_xact_lock({a}, {b})"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    {
+        let mut savepoint = pin!(Connection::begin(&mut *tx));
+        let polled = savepoint
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()));
+        assert!(polled.is_pending());
+    }
+    sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
+    assert!(
+        is_free(id).await,
+        "the enclosing transaction survived: sqlx fixed nested begin()"
+    );
+}

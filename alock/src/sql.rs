@@ -116,15 +116,16 @@ fn granted_to_session(i: &str) -> String {
 /// given back before it returns.
 ///
 /// How, at session level: each id is taken with its record, the lock
-/// `(TOKEN_NAMESPACE + position, token)`, in one statement, so that an
-/// interrupt lands before both or after both, wherever it lands; the
-/// records are reserved at transaction level first, so taking one never
-/// fails. The one exception is a wait cut short just after its grant (the
-/// server keeps the grant): after an error, the id being waited for counts
-/// as taken, with its record, when `pg_locks` shows it held in this mode.
-/// That is exact: the try before the wait failed, and a session is always
-/// granted at once an id it already holds in the mode, so it did not hold
-/// it before. At transaction level every id is tried, then waited for if
+/// `(TOKEN_NAMESPACE + position, token)`, in one statement (the record
+/// first, given back in the same statement if the id is busy), so that an
+/// interrupt lands before both or after both, wherever it lands. A busy id
+/// is waited for with its record already held: a record whose id is not
+/// held means the session does not hold that id in this mode at all (the
+/// try failed, and a session is always granted at once an id it already
+/// holds in the mode), so releasing "its" id touches no other hold. After
+/// an error, the id being waited for counts as taken when `pg_locks` shows
+/// it held in this mode (the server keeps a grant that raced the error);
+/// otherwise its record is given back. At transaction level every id is tried, then waited for if
 /// busy, and the block's rollback gives back everything on an error.
 pub(crate) fn body() -> String {
     let xact_try = call("pg_try_advisory_xact_lock", "j");
@@ -134,16 +135,7 @@ pub(crate) fn body() -> String {
     let granted_to_session = granted_to_session("waiting");
     let give_back = give_back();
     format!(
-        "IF NOT xact THEN \
-           BEGIN \
-             PERFORM count(pg_try_advisory_xact_lock_shared({TOKEN_NAMESPACE} + g, token)) \
-                FROM generate_series(1, n) AS g; \
-           EXCEPTION WHEN OTHERS OR query_canceled THEN \
-             outcome := SQLSTATE || ' ' || SQLERRM; \
-           END; \
-         END IF; \
-         IF outcome IS NULL THEN \
-         BEGIN \
+        "BEGIN \
            FOR j IN 1..n LOOP \
              IF xact THEN \
                IF NOT ({xact_try}) THEN \
@@ -154,16 +146,21 @@ pub(crate) fn body() -> String {
                END IF; \
              ELSE \
                IF j > 1 OR waited_ms >= 0 THEN \
-                 taken := taken + (({session_try}) \
-                                   AND pg_try_advisory_lock_shared({TOKEN_NAMESPACE} + j, token))::int; \
+                 taken := taken + (pg_try_advisory_lock_shared({TOKEN_NAMESPACE} + j, token) \
+                                   AND (({session_try}) \
+                                        OR (pg_advisory_unlock_shared({TOKEN_NAMESPACE} + j, token) \
+                                            AND false)))::int; \
                END IF; \
                IF taken < j THEN \
                  IF wait_ms = 0 THEN RAISE SQLSTATE 'AL002'; END IF; \
                  IF slice IS NULL THEN {START_WAITING} END IF; \
                  waited := true; \
-                 waiting := j; \
-                 taken := j + (({session_wait}) IS NULL)::int \
-                          + (NOT pg_try_advisory_lock_shared({TOKEN_NAMESPACE} + j, token))::int; \
+                 waiting := CASE WHEN pg_try_advisory_lock_shared({TOKEN_NAMESPACE} + j, token) \
+                                 THEN j ELSE -1 END; \
+                 IF waiting < 0 THEN \
+                   RAISE SQLSTATE 'AL003' USING MESSAGE = 'another session holds this call''s record'; \
+                 END IF; \
+                 taken := j + (({session_wait}) IS NULL)::int; \
                END IF; \
              END IF; \
            END LOOP; \
@@ -179,11 +176,12 @@ pub(crate) fn body() -> String {
                WHEN wait_ms > 0 THEN 'busy' \
                ELSE SQLSTATE || ' ' || SQLERRM END; \
              taken := CASE WHEN waiting > taken AND {granted_to_session} \
-                                AND pg_try_advisory_lock_shared({TOKEN_NAMESPACE} + waiting, token) \
                            THEN waiting ELSE taken END; \
+             waiting := CASE WHEN waiting > taken \
+                                  AND pg_advisory_unlock_shared({TOKEN_NAMESPACE} + waiting, token) \
+                             THEN 0 ELSE waiting END; \
              {give_back} \
          END; \
-         END IF; \
          IF slice IS NOT NULL AND xact THEN \
            ignored := set_config('lock_timeout', saved, true); \
          END IF;"
