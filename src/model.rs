@@ -589,6 +589,13 @@ async fn arm(
     stale_ok: bool,
     log: &mut Log,
 ) -> Result<(), String> {
+    // A release queued from `Drop` is a statement like any: a cancel aimed
+    // at the session as it starts fails it, and its ids stay with the
+    // session (DESIGN.md, "What is left"). Cancels here are aimed at the
+    // call itself, so what the connection carries runs first.
+    if let Fault::Cancel(_) = fault {
+        settle(conn, stale_ok, log, "before a cancel").await?;
+    }
     if let Fault::StmtTimeout(ms) = fault {
         let set = format!("SET statement_timeout = {ms}");
         for attempt in 0..2 {
