@@ -591,3 +591,26 @@ async fn a_session_lock_inside_a_sqlx_transaction_is_refused_and_a_transaction_l
     tx.commit().await.unwrap();
     assert!(is_free(id).await);
 }
+
+#[tokio::test]
+async fn a_try_that_finds_a_later_id_busy_leaves_no_record_behind() {
+    // The record of a busy id is given back in the statement that took it;
+    // a constant-folded `... AND false` once skipped that unlock.
+    let [free, busy] = unique_keys(2).try_into().unwrap();
+    let _holder = hold_elsewhere(busy).await;
+    let mut observer = connect().await;
+    let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
+    for _ in 0..3 {
+        let mut lock = ExclusiveLock::new(&mut conn, [free, busy]);
+        assert!(!lock.try_acquire().await.unwrap());
+    }
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1",
+    )
+    .bind(pid)
+    .fetch_one(&mut observer)
+    .await
+    .unwrap();
+    assert_eq!(rows, 0, "the session holds locks after failed tries");
+}

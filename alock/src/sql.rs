@@ -149,7 +149,7 @@ pub(crate) fn body() -> String {
                  taken := taken + (pg_try_advisory_lock_shared({TOKEN_NAMESPACE} + j, token) \
                                    AND (({session_try}) \
                                         OR (pg_advisory_unlock_shared({TOKEN_NAMESPACE} + j, token) \
-                                            AND false)))::int; \
+                                            IS NULL)))::int; \
                END IF; \
                IF taken < j THEN \
                  IF wait_ms = 0 THEN RAISE SQLSTATE 'AL002'; END IF; \
