@@ -475,13 +475,6 @@ mod tests {
     }
 
     #[test]
-    fn dump_for_measurement() {
-        if let Ok(path) = std::env::var("ALOCK_DUMP_FUNCTIONS") {
-            std::fs::write(path, create_functions()).unwrap();
-        }
-    }
-
-    #[test]
     fn custom_sqlstates_are_not_categories() {
         // PL/pgSQL treats a SQLSTATE ending in 000 as a whole class.
         let body = body();
