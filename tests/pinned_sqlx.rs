@@ -126,16 +126,31 @@ async fn a_transaction_dropped_while_a_response_is_pending_still_rolls_back() {
 #[tokio::test]
 async fn a_query_dropped_before_its_statement_was_prepared_never_runs() {
     // The first use of a statement on a connection sends Parse alone and
-    // waits for it: dropped then, the statement never executes. The token
-    // makes the cleanup exact in this case too.
+    // waits for it: dropped then, the statement never executes. Parse is
+    // held up by another session's lock on a table the statement reads, so
+    // that the one poll surely ends before Parse is answered.
     let id = unique_key();
     let alock::LockId::Int4Pair(a, b) = id else {
         unreachable!()
     };
+    let table = format!("alock_pinned_parse_{}_{}", a as u32, b as u32);
+    let mut blocker = connect().await;
+    blocker
+        .execute(sqlx::AssertSqlSafe(format!("CREATE TABLE {table} ()")))
+        .await
+        .unwrap();
+    let mut holding = blocker.begin().await.unwrap();
+    holding
+        .execute(sqlx::AssertSqlSafe(format!(
+            "LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
+        )))
+        .await
+        .unwrap();
     let mut conn = connect().await;
     {
+        let sql = format!("SELECT pg_advisory_lock($1, $2) FROM (SELECT FROM {table}) t");
         let mut query = pin!(
-            sqlx::query("SELECT pg_advisory_lock($1, $2)")
+            sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(a)
                 .bind(b)
                 .execute(&mut conn)
@@ -143,11 +158,16 @@ async fn a_query_dropped_before_its_statement_was_prepared_never_runs() {
         let polled = query.as_mut().poll(&mut Context::from_waker(Waker::noop()));
         assert!(polled.is_pending());
     }
+    holding.rollback().await.unwrap();
     assert_answers(&mut conn, "the dropped prepare left an answer").await;
     assert!(
         is_free(id).await,
         "the statement ran although dropped at Parse"
     );
+    blocker
+        .execute(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -158,6 +178,9 @@ async fn a_begin_dropped_during_its_own_round_trip_leaves_the_server_in_a_transa
     // sent only after BEGIN is answered. When sqlx fixes it, this test fails
     // and the documentation can drop the caveat.
     let mut conn = connect().await;
+    // A response still pending keeps BEGIN's answer from arriving within
+    // the one poll.
+    abandon(&mut conn, "SELECT pg_sleep(0.05)");
     {
         let mut begin = pin!(conn.begin());
         let polled = begin.as_mut().poll(&mut Context::from_waker(Waker::noop()));
@@ -186,6 +209,7 @@ async fn a_savepoint_dropped_during_its_own_round_trip_rolls_the_transaction_bac
     .execute(&mut *tx)
     .await
     .unwrap();
+    abandon(&mut tx, "SELECT pg_sleep(0.05)");
     {
         let mut savepoint = pin!(Connection::begin(&mut *tx));
         let polled = savepoint
