@@ -125,9 +125,7 @@ pub(crate) async fn acquire(
                 return Ok(None);
             }
             Outcome::Waiting => {
-                waited_ms = i64::try_from(started.elapsed().as_millis())
-                    .unwrap_or(i64::MAX)
-                    .max(1);
+                waited_ms = waited_since(started);
             }
             Outcome::Failed(code, message) => {
                 flight.disarm();
@@ -180,6 +178,14 @@ async fn run_acquire(
     } else {
         block(conn, ids, shared, false, wait_ms, waited_ms, token).await
     }
+}
+
+/// Milliseconds since `started`, at least 1: what earlier slices of a call
+/// waited.
+fn waited_since(started: Instant) -> i64 {
+    i64::try_from(started.elapsed().as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1)
 }
 
 /// Runs the acquire body as an anonymous block: inside transactions, and on
@@ -282,9 +288,7 @@ pub(crate) async fn acquire_xact(
             Outcome::Acquired { .. } => return Ok(true),
             Outcome::Busy => return Ok(false),
             Outcome::Waiting => {
-                waited_ms = i64::try_from(started.elapsed().as_millis())
-                    .unwrap_or(i64::MAX)
-                    .max(1);
+                waited_ms = waited_since(started);
             }
             Outcome::Failed(code, message) => {
                 return Err(Error::from_server(code, message, WAITING));
