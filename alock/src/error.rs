@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::KeyError;
+
 /// Everything that can go wrong while taking, releasing or inspecting a lock.
 ///
 /// A lock that could not be had within a caller's timeout, or at once for the
@@ -98,6 +100,11 @@ pub enum Error {
     /// session that ends, so nothing this connection held is held any more.
     #[error("the connection to the server was lost")]
     ConnectionLost(#[source] sqlx::Error),
+
+    /// The keys name no lock this crate will take: none were given, or one
+    /// does not fit its key space. Nothing was sent to the server.
+    #[error(transparent)]
+    InvalidKeys(#[from] KeyError),
 
     /// Any other error from sqlx.
     #[error(transparent)]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
 use crate::guard::{LockGuard, PoolLockGuard};
+use crate::key;
 use crate::protocol::{self, Patience};
 use crate::{AdvisoryKeys, Error, LockId};
 
@@ -405,9 +406,9 @@ impl AdvisoryLockExt for PgConnection {
         &mut self,
         keys: impl AdvisoryKeys,
     ) -> impl Future<Output = Result<LockGuard<'_>, Error>> + Send + '_ {
-        let ids = keys.lock_ids();
+        let ids = key::ids_of(&keys);
         async move {
-            let guard = LockGuard::acquire(self, ids, false, Patience::Forever).await?;
+            let guard = LockGuard::acquire(self, ids?, false, Patience::Forever).await?;
             Ok(guard.expect(GRANTED))
         }
     }
@@ -416,9 +417,9 @@ impl AdvisoryLockExt for PgConnection {
         &mut self,
         keys: impl AdvisoryKeys,
     ) -> impl Future<Output = Result<LockGuard<'_>, Error>> + Send + '_ {
-        let ids = keys.lock_ids();
+        let ids = key::ids_of(&keys);
         async move {
-            let guard = LockGuard::acquire(self, ids, true, Patience::Forever).await?;
+            let guard = LockGuard::acquire(self, ids?, true, Patience::Forever).await?;
             Ok(guard.expect(GRANTED))
         }
     }
@@ -427,14 +428,16 @@ impl AdvisoryLockExt for PgConnection {
         &mut self,
         keys: impl AdvisoryKeys,
     ) -> impl Future<Output = Result<Option<LockGuard<'_>>, Error>> + Send + '_ {
-        LockGuard::acquire(self, keys.lock_ids(), false, Patience::None)
+        let ids = key::ids_of(&keys);
+        async move { LockGuard::acquire(self, ids?, false, Patience::None).await }
     }
 
     fn try_lock_shared(
         &mut self,
         keys: impl AdvisoryKeys,
     ) -> impl Future<Output = Result<Option<LockGuard<'_>>, Error>> + Send + '_ {
-        LockGuard::acquire(self, keys.lock_ids(), true, Patience::None)
+        let ids = key::ids_of(&keys);
+        async move { LockGuard::acquire(self, ids?, true, Patience::None).await }
     }
 
     fn lock_exclusive_timeout(
@@ -442,7 +445,8 @@ impl AdvisoryLockExt for PgConnection {
         keys: impl AdvisoryKeys,
         timeout: Duration,
     ) -> impl Future<Output = Result<Option<LockGuard<'_>>, Error>> + Send + '_ {
-        LockGuard::acquire(self, keys.lock_ids(), false, Patience::within(timeout))
+        let ids = key::ids_of(&keys);
+        async move { LockGuard::acquire(self, ids?, false, Patience::within(timeout)).await }
     }
 
     fn lock_shared_timeout(
@@ -450,7 +454,8 @@ impl AdvisoryLockExt for PgConnection {
         keys: impl AdvisoryKeys,
         timeout: Duration,
     ) -> impl Future<Output = Result<Option<LockGuard<'_>>, Error>> + Send + '_ {
-        LockGuard::acquire(self, keys.lock_ids(), true, Patience::within(timeout))
+        let ids = key::ids_of(&keys);
+        async move { LockGuard::acquire(self, ids?, true, Patience::within(timeout)).await }
     }
 
     fn with_exclusive<T, E, F>(
@@ -462,7 +467,8 @@ impl AdvisoryLockExt for PgConnection {
         F: AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
         E: From<Error>,
     {
-        with_lock(self, keys.lock_ids(), false, f)
+        let ids = key::ids_of(&keys);
+        async move { with_lock(self, ids.map_err(Error::from)?, false, f).await }
     }
 
     fn with_shared<T, E, F>(
@@ -474,35 +480,40 @@ impl AdvisoryLockExt for PgConnection {
         F: AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
         E: From<Error>,
     {
-        with_lock(self, keys.lock_ids(), true, f)
+        let ids = key::ids_of(&keys);
+        async move { with_lock(self, ids.map_err(Error::from)?, true, f).await }
     }
 
     fn xact_lock_exclusive(
         &mut self,
         keys: impl AdvisoryKeys,
     ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
-        xact_lock(self, keys.lock_ids(), false)
+        let ids = key::ids_of(&keys);
+        async move { xact_lock(self, ids?, false).await }
     }
 
     fn xact_lock_shared(
         &mut self,
         keys: impl AdvisoryKeys,
     ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
-        xact_lock(self, keys.lock_ids(), true)
+        let ids = key::ids_of(&keys);
+        async move { xact_lock(self, ids?, true).await }
     }
 
     fn try_xact_lock_exclusive(
         &mut self,
         keys: impl AdvisoryKeys,
     ) -> impl Future<Output = Result<bool, Error>> + Send + '_ {
-        xact_take(self, keys.lock_ids(), false, Patience::None)
+        let ids = key::ids_of(&keys);
+        async move { xact_take(self, ids?, false, Patience::None).await }
     }
 
     fn try_xact_lock_shared(
         &mut self,
         keys: impl AdvisoryKeys,
     ) -> impl Future<Output = Result<bool, Error>> + Send + '_ {
-        xact_take(self, keys.lock_ids(), true, Patience::None)
+        let ids = key::ids_of(&keys);
+        async move { xact_take(self, ids?, true, Patience::None).await }
     }
 
     fn xact_lock_exclusive_timeout(
@@ -510,7 +521,8 @@ impl AdvisoryLockExt for PgConnection {
         keys: impl AdvisoryKeys,
         timeout: Duration,
     ) -> impl Future<Output = Result<bool, Error>> + Send + '_ {
-        xact_take(self, keys.lock_ids(), false, Patience::within(timeout))
+        let ids = key::ids_of(&keys);
+        async move { xact_take(self, ids?, false, Patience::within(timeout)).await }
     }
 
     fn xact_lock_shared_timeout(
@@ -518,21 +530,24 @@ impl AdvisoryLockExt for PgConnection {
         keys: impl AdvisoryKeys,
         timeout: Duration,
     ) -> impl Future<Output = Result<bool, Error>> + Send + '_ {
-        xact_take(self, keys.lock_ids(), true, Patience::within(timeout))
+        let ids = key::ids_of(&keys);
+        async move { xact_take(self, ids?, true, Patience::within(timeout)).await }
     }
 
     fn begin_locked_exclusive(
         &mut self,
         keys: impl AdvisoryKeys,
     ) -> impl Future<Output = Result<Transaction<'_, Postgres>, Error>> + Send + '_ {
-        begin_locked(self, keys.lock_ids(), false)
+        let ids = key::ids_of(&keys);
+        async move { begin_locked(self, ids?, false).await }
     }
 
     fn begin_locked_shared(
         &mut self,
         keys: impl AdvisoryKeys,
     ) -> impl Future<Output = Result<Transaction<'_, Postgres>, Error>> + Send + '_ {
-        begin_locked(self, keys.lock_ids(), true)
+        let ids = key::ids_of(&keys);
+        async move { begin_locked(self, ids?, true).await }
     }
 }
 
@@ -668,30 +683,40 @@ impl PoolAdvisoryLockExt for PgPool {
         &self,
         keys: impl AdvisoryKeys,
     ) -> impl Future<Output = Result<PoolLockGuard, Error>> + Send + 'static {
-        let lock = pool_lock(self.clone(), keys.lock_ids(), false, Patience::Forever);
-        async move { Ok(lock.await?.expect(GRANTED)) }
+        let (pool, ids) = (self.clone(), key::ids_of(&keys));
+        async move {
+            Ok(pool_lock(pool, ids?, false, Patience::Forever)
+                .await?
+                .expect(GRANTED))
+        }
     }
 
     fn lock_shared(
         &self,
         keys: impl AdvisoryKeys,
     ) -> impl Future<Output = Result<PoolLockGuard, Error>> + Send + 'static {
-        let lock = pool_lock(self.clone(), keys.lock_ids(), true, Patience::Forever);
-        async move { Ok(lock.await?.expect(GRANTED)) }
+        let (pool, ids) = (self.clone(), key::ids_of(&keys));
+        async move {
+            Ok(pool_lock(pool, ids?, true, Patience::Forever)
+                .await?
+                .expect(GRANTED))
+        }
     }
 
     fn try_lock_exclusive(
         &self,
         keys: impl AdvisoryKeys,
     ) -> impl Future<Output = Result<Option<PoolLockGuard>, Error>> + Send + 'static {
-        pool_lock(self.clone(), keys.lock_ids(), false, Patience::None)
+        let (pool, ids) = (self.clone(), key::ids_of(&keys));
+        async move { pool_lock(pool, ids?, false, Patience::None).await }
     }
 
     fn try_lock_shared(
         &self,
         keys: impl AdvisoryKeys,
     ) -> impl Future<Output = Result<Option<PoolLockGuard>, Error>> + Send + 'static {
-        pool_lock(self.clone(), keys.lock_ids(), true, Patience::None)
+        let (pool, ids) = (self.clone(), key::ids_of(&keys));
+        async move { pool_lock(pool, ids?, true, Patience::None).await }
     }
 }
 

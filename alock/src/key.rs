@@ -94,6 +94,26 @@ impl TryFrom<PgAdvisoryLockKey> for LockId {
     }
 }
 
+/// Keys that name no lock this crate will take; see [`Error::InvalidKeys`](crate::Error::InvalidKeys).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// No key was given. Locking nothing is refused rather than granted, since
+    /// an empty key list is almost always a bug upstream (an empty query
+    /// result, a filter that dropped everything).
+    #[error("no advisory lock keys were given; a lock needs at least one")]
+    Empty,
+}
+
+/// The ids of `keys`, in lock order, checked: at least one, each valid.
+pub(crate) fn ids_of<K: AdvisoryKeys + ?Sized>(keys: &K) -> Result<Vec<LockId>, KeyError> {
+    let ids = keys.lock_ids();
+    if ids.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    Ok(ids)
+}
+
 /// A value that names one advisory lock.
 ///
 /// Implemented for [`LockId`], `i64`, `(i32, i32)` and references to any

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use sqlx::PgConnection;
 
+use crate::key::{self, KeyError};
 use crate::protocol::{self, Patience};
 use crate::{AdvisoryKeys, Error, LockId};
 
@@ -113,6 +114,8 @@ impl Mode for Shared {
 pub struct AdvisoryLock<C: AsMut<PgConnection>, M: Mode> {
     conn: Option<C>,
     ids: Box<[LockId]>,
+    /// Why the keys given to `new` name no lock, if they don't.
+    invalid: Option<KeyError>,
     count: usize,
     token: i32,
     mode: PhantomData<M>,
@@ -131,12 +134,18 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
     ///
     /// `conn` is anything that gives `&mut PgConnection`: an owned
     /// `PgConnection`, a `PoolConnection<Postgres>`, a `Transaction`, another
-    /// lock object, or `&mut` of any of them. Zero keys are allowed: such a
-    /// lock is taken and released without a round trip.
+    /// lock object, or `&mut` of any of them. Keys that name no lock (none
+    /// at all, or one that does not fit its key space) are reported by the
+    /// first acquire, as [`Error::InvalidKeys`].
     pub fn new(conn: C, keys: impl AdvisoryKeys) -> Self {
+        let (ids, invalid) = match key::ids_of(&keys) {
+            Ok(ids) => (ids.into_boxed_slice(), None),
+            Err(e) => (Box::default(), Some(e)),
+        };
         AdvisoryLock {
             conn: Some(conn),
-            ids: keys.lock_ids().into_boxed_slice(),
+            ids,
+            invalid,
             count: 0,
             token: 0,
             mode: PhantomData,
@@ -215,6 +224,9 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
         if self.count > 0 {
             self.count += 1;
             return Ok(true);
+        }
+        if let Some(invalid) = &self.invalid {
+            return Err(invalid.clone().into());
         }
         let conn = self.conn.as_mut().expect(CONN).as_mut();
         match protocol::acquire(conn, &self.ids, M::SHARED, patience).await? {
