@@ -452,7 +452,7 @@ async fn guard_take(
     ids: Vec<LockId>,
     mode: Mode,
     take: Take,
-) -> Result<Option<LockGuard<'_>>, Error> {
+) -> Result<Option<LockGuard<&'_ mut PgConnection>>, Error> {
     match (mode, take) {
         (Mode::Ex, Take::Block) => conn.lock_exclusive(ids).await.map(Some),
         (Mode::Sh, Take::Block) => conn.lock_shared(ids).await.map(Some),
@@ -1419,7 +1419,7 @@ impl World {
             guard_take(ca, la, ma, Take::Within(wa)),
             guard_take(cb, lb, mb, Take::Within(wb))
         );
-        let describe = |r: &Result<Option<LockGuard<'_>>, Error>| match r {
+        let describe = |r: &Result<Option<LockGuard<&'_ mut PgConnection>>, Error>| match r {
             Ok(Some(_)) => "acquired".to_owned(),
             Ok(None) => "timed out".to_owned(),
             Err(e) => format!("{e:?}"),

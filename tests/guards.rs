@@ -480,7 +480,9 @@ async fn lock_futures_are_send() {
 }
 
 #[allow(dead_code)]
-fn pool_guards_are_send_and_static(guard: alock::PoolLockGuard) -> impl Send + 'static {
+fn pool_guards_are_send_and_static(
+    guard: alock::LockGuard<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+) -> impl Send + 'static {
     guard
 }
 

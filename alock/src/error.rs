@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::KeyError;
 
@@ -105,6 +106,14 @@ pub enum Error {
     /// does not fit its key space. Nothing was sent to the server.
     #[error(transparent)]
     InvalidKeys(#[from] KeyError),
+
+    /// A timeout longer than the server's `lock_timeout` can express:
+    /// `i32::MAX` milliseconds, about 24.8 days. Nothing was sent to the
+    /// server. To wait as long as it takes, use the forms without a timeout.
+    #[error(
+        "a lock timeout of {0:?} is longer than the longest the server takes (i32::MAX ms, about 24.8 days)"
+    )]
+    TimeoutTooLong(Duration),
 
     /// Any other error from sqlx.
     #[error(transparent)]
@@ -245,5 +254,63 @@ fn connection_lost(error: &sqlx::Error) -> bool {
                     .is_some_and(|c| c.starts_with("08") || c.starts_with("57P"))
         }
         _ => false,
+    }
+}
+
+/// So that `?` turns an [`Error`] into a `sqlx::Error`, through sqlx's own
+/// `From<E: DatabaseError>`: a closure given to `with_exclusive` may return
+/// `sqlx::Error`. The `sqlx::Error` is `Database`, and downcasts back:
+/// `err.as_database_error()?.try_downcast_ref::<alock::Error>()`. Its
+/// `code()` is the SQLSTATE where the server reported one.
+impl sqlx::error::DatabaseError for Error {
+    fn message(&self) -> &str {
+        match self {
+            Error::Deadlock(e)
+            | Error::LockTableFull(e)
+            | Error::LockTimeout(e)
+            | Error::Canceled(e)
+            | Error::InFailedTransaction(e)
+            | Error::Server(e) => e.message(),
+            Error::Database(sqlx::Error::Database(db))
+            | Error::ConnectionLost(sqlx::Error::Database(db)) => db.message(),
+            Error::NotHeld => "advisory lock is not held",
+            Error::Lost { .. } => "advisory lock ids were no longer held when released",
+            Error::NotInTransaction => "transaction-level advisory locks need a transaction",
+            Error::InTransaction => "session-level advisory locks are refused in a transaction",
+            Error::ConnectionLost(_) => "the connection to the server was lost",
+            Error::InvalidKeys(_) => "the keys name no advisory lock",
+            Error::TimeoutTooLong(_) => "the lock timeout is too long",
+            Error::Database(_) => "the database call failed",
+        }
+    }
+
+    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            Error::Deadlock(e)
+            | Error::LockTableFull(e)
+            | Error::LockTimeout(e)
+            | Error::Canceled(e)
+            | Error::InFailedTransaction(e)
+            | Error::Server(e) => Some(e.code().into()),
+            Error::Database(sqlx::Error::Database(db))
+            | Error::ConnectionLost(sqlx::Error::Database(db)) => db.code(),
+            _ => None,
+        }
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        sqlx::error::ErrorKind::Other
     }
 }

@@ -3,9 +3,10 @@
 use std::future::Future;
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
-use crate::guard::{LockGuard, PoolLockGuard};
+use crate::guard::{GuardConnection, LockGuard};
 use crate::key;
 use crate::protocol::{self, Patience};
 use crate::{AdvisoryKeys, Error, LockId};
@@ -84,7 +85,7 @@ pub trait AdvisoryLockExt: sealed::Connection {
     fn lock_exclusive(
         &mut self,
         keys: impl AdvisoryKeys,
-    ) -> impl Future<Output = Result<LockGuard<'_>, Error>> + Send + '_;
+    ) -> impl Future<Output = Result<LockGuard<&'_ mut PgConnection>, Error>> + Send + '_;
 
     /// As [`lock_exclusive`](Self::lock_exclusive), in shared mode
     /// (`pg_advisory_lock_shared`).
@@ -99,7 +100,7 @@ pub trait AdvisoryLockExt: sealed::Connection {
     fn lock_shared(
         &mut self,
         keys: impl AdvisoryKeys,
-    ) -> impl Future<Output = Result<LockGuard<'_>, Error>> + Send + '_;
+    ) -> impl Future<Output = Result<LockGuard<&'_ mut PgConnection>, Error>> + Send + '_;
 
     /// Takes `keys` exclusively if all are free now; `None` if one is busy,
     /// with none of them held. Never waits: 1 round trip, including giving
@@ -118,7 +119,7 @@ pub trait AdvisoryLockExt: sealed::Connection {
     fn try_lock_exclusive(
         &mut self,
         keys: impl AdvisoryKeys,
-    ) -> impl Future<Output = Result<Option<LockGuard<'_>>, Error>> + Send + '_;
+    ) -> impl Future<Output = Result<Option<LockGuard<&'_ mut PgConnection>>, Error>> + Send + '_;
 
     /// As [`try_lock_exclusive`](Self::try_lock_exclusive), in shared mode.
     ///
@@ -132,7 +133,7 @@ pub trait AdvisoryLockExt: sealed::Connection {
     fn try_lock_shared(
         &mut self,
         keys: impl AdvisoryKeys,
-    ) -> impl Future<Output = Result<Option<LockGuard<'_>>, Error>> + Send + '_;
+    ) -> impl Future<Output = Result<Option<LockGuard<&'_ mut PgConnection>>, Error>> + Send + '_;
 
     /// Takes `keys` exclusively, waiting at most `timeout` on the server
     /// (`lock_timeout`); `None` when the time ran out, with none of them
@@ -155,7 +156,7 @@ pub trait AdvisoryLockExt: sealed::Connection {
         &mut self,
         keys: impl AdvisoryKeys,
         timeout: Duration,
-    ) -> impl Future<Output = Result<Option<LockGuard<'_>>, Error>> + Send + '_;
+    ) -> impl Future<Output = Result<Option<LockGuard<&'_ mut PgConnection>>, Error>> + Send + '_;
 
     /// As [`lock_exclusive_timeout`](Self::lock_exclusive_timeout), in shared
     /// mode.
@@ -171,43 +172,28 @@ pub trait AdvisoryLockExt: sealed::Connection {
         &mut self,
         keys: impl AdvisoryKeys,
         timeout: Duration,
-    ) -> impl Future<Output = Result<Option<LockGuard<'_>>, Error>> + Send + '_;
+    ) -> impl Future<Output = Result<Option<LockGuard<&'_ mut PgConnection>>, Error>> + Send + '_;
 
     /// Runs `f` with the connection while `keys` are held exclusively, then
     /// releases them, whatever `f` returns, and if `f` panics (the panic then
     /// continues).
     ///
     /// Costs [`lock_exclusive`](Self::lock_exclusive) plus one round trip to
-    /// release. `f`'s error type only needs `From<alock::Error>`, so `?`
+    /// release. `f`'s error type only needs `From<alock::Error>`:
+    /// `alock::Error`, `sqlx::Error`, `Box<dyn Error + Send + Sync>`,
+    /// `anyhow::Error`, or an error type of your own with that `From`, so `?`
     /// works on both inside and outside:
     ///
     /// ```no_run
     /// use alock::prelude::*;
     ///
-    /// #[derive(Debug)]
-    /// enum AppError {
-    ///     Lock(alock::Error),
-    ///     Db(sqlx::Error),
-    /// }
-    /// impl From<alock::Error> for AppError {
-    ///     fn from(e: alock::Error) -> Self {
-    ///         AppError::Lock(e)
-    ///     }
-    /// }
-    /// impl From<sqlx::Error> for AppError {
-    ///     fn from(e: sqlx::Error) -> Self {
-    ///         AppError::Db(e)
-    ///     }
-    /// }
-    ///
-    /// # async fn example(conn: &mut sqlx::PgConnection) -> Result<(), AppError> {
+    /// # async fn example(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
     /// let shipped = conn
     ///     .with_exclusive(7_i64, async |conn| {
-    ///         let n = sqlx::query("UPDATE orders SET state = 'shipped' WHERE id = 7")
+    ///         let done = sqlx::query("UPDATE orders SET state = 'shipped' WHERE id = 7")
     ///             .execute(conn)
-    ///             .await?
-    ///             .rows_affected();
-    ///         Ok::<_, AppError>(n)
+    ///             .await?;
+    ///         Ok::<_, sqlx::Error>(done.rows_affected())
     ///     })
     ///     .await?;
     /// # Ok(())
@@ -399,35 +385,34 @@ pub trait AdvisoryLockExt: sealed::Connection {
     ) -> impl Future<Output = Result<Transaction<'_, Postgres>, Error>> + Send + '_;
 }
 
-const GRANTED: &str = "BUG: a wait without a limit ends taken or with an error";
-
 impl AdvisoryLockExt for PgConnection {
     fn lock_exclusive(
         &mut self,
         keys: impl AdvisoryKeys,
-    ) -> impl Future<Output = Result<LockGuard<'_>, Error>> + Send + '_ {
+    ) -> impl Future<Output = Result<LockGuard<&'_ mut PgConnection>, Error>> + Send + '_ {
         let ids = key::ids_of(&keys);
         async move {
             let guard = LockGuard::acquire(self, ids?, false, Patience::Forever).await?;
-            Ok(guard.expect(GRANTED))
+            Ok(guard.expect(protocol::GRANTED))
         }
     }
 
     fn lock_shared(
         &mut self,
         keys: impl AdvisoryKeys,
-    ) -> impl Future<Output = Result<LockGuard<'_>, Error>> + Send + '_ {
+    ) -> impl Future<Output = Result<LockGuard<&'_ mut PgConnection>, Error>> + Send + '_ {
         let ids = key::ids_of(&keys);
         async move {
             let guard = LockGuard::acquire(self, ids?, true, Patience::Forever).await?;
-            Ok(guard.expect(GRANTED))
+            Ok(guard.expect(protocol::GRANTED))
         }
     }
 
     fn try_lock_exclusive(
         &mut self,
         keys: impl AdvisoryKeys,
-    ) -> impl Future<Output = Result<Option<LockGuard<'_>>, Error>> + Send + '_ {
+    ) -> impl Future<Output = Result<Option<LockGuard<&'_ mut PgConnection>>, Error>> + Send + '_
+    {
         let ids = key::ids_of(&keys);
         async move { LockGuard::acquire(self, ids?, false, Patience::None).await }
     }
@@ -435,7 +420,8 @@ impl AdvisoryLockExt for PgConnection {
     fn try_lock_shared(
         &mut self,
         keys: impl AdvisoryKeys,
-    ) -> impl Future<Output = Result<Option<LockGuard<'_>>, Error>> + Send + '_ {
+    ) -> impl Future<Output = Result<Option<LockGuard<&'_ mut PgConnection>>, Error>> + Send + '_
+    {
         let ids = key::ids_of(&keys);
         async move { LockGuard::acquire(self, ids?, true, Patience::None).await }
     }
@@ -444,18 +430,20 @@ impl AdvisoryLockExt for PgConnection {
         &mut self,
         keys: impl AdvisoryKeys,
         timeout: Duration,
-    ) -> impl Future<Output = Result<Option<LockGuard<'_>>, Error>> + Send + '_ {
+    ) -> impl Future<Output = Result<Option<LockGuard<&'_ mut PgConnection>>, Error>> + Send + '_
+    {
         let ids = key::ids_of(&keys);
-        async move { LockGuard::acquire(self, ids?, false, Patience::within(timeout)).await }
+        async move { LockGuard::acquire(self, ids?, false, Patience::within(timeout)?).await }
     }
 
     fn lock_shared_timeout(
         &mut self,
         keys: impl AdvisoryKeys,
         timeout: Duration,
-    ) -> impl Future<Output = Result<Option<LockGuard<'_>>, Error>> + Send + '_ {
+    ) -> impl Future<Output = Result<Option<LockGuard<&'_ mut PgConnection>>, Error>> + Send + '_
+    {
         let ids = key::ids_of(&keys);
-        async move { LockGuard::acquire(self, ids?, true, Patience::within(timeout)).await }
+        async move { LockGuard::acquire(self, ids?, true, Patience::within(timeout)?).await }
     }
 
     fn with_exclusive<T, E, F>(
@@ -522,7 +510,7 @@ impl AdvisoryLockExt for PgConnection {
         timeout: Duration,
     ) -> impl Future<Output = Result<bool, Error>> + Send + '_ {
         let ids = key::ids_of(&keys);
-        async move { xact_take(self, ids?, false, Patience::within(timeout)).await }
+        async move { xact_take(self, ids?, false, Patience::within(timeout)?).await }
     }
 
     fn xact_lock_shared_timeout(
@@ -531,7 +519,7 @@ impl AdvisoryLockExt for PgConnection {
         timeout: Duration,
     ) -> impl Future<Output = Result<bool, Error>> + Send + '_ {
         let ids = key::ids_of(&keys);
-        async move { xact_take(self, ids?, true, Patience::within(timeout)).await }
+        async move { xact_take(self, ids?, true, Patience::within(timeout)?).await }
     }
 
     fn begin_locked_exclusive(
@@ -551,20 +539,16 @@ impl AdvisoryLockExt for PgConnection {
     }
 }
 
-async fn with_lock<T, E, F>(
-    conn: &mut PgConnection,
-    ids: Vec<LockId>,
-    shared: bool,
-    f: F,
-) -> Result<T, E>
+async fn with_lock<C, T, E, F>(conn: C, ids: Vec<LockId>, shared: bool, f: F) -> Result<T, E>
 where
+    C: GuardConnection,
     F: AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
     E: From<Error>,
 {
     let mut guard = LockGuard::acquire(conn, ids, shared, Patience::Forever)
         .await?
-        .expect(GRANTED);
-    let out = f(&mut guard).await;
+        .expect(protocol::GRANTED);
+    let out = f(guard.connection()).await;
     let released = guard.release().await;
     let value = out?;
     released?;
@@ -573,7 +557,7 @@ where
 
 async fn xact_lock(conn: &mut PgConnection, ids: Vec<LockId>, shared: bool) -> Result<(), Error> {
     let taken = xact_take(conn, ids, shared, Patience::Forever).await?;
-    debug_assert!(taken, "{GRANTED}");
+    debug_assert!(taken, "{}", protocol::GRANTED);
     Ok(())
 }
 
@@ -598,8 +582,15 @@ async fn begin_locked(
     Ok(tx)
 }
 
-/// Advisory locks on a pool: each guard owns the pooled connection that
-/// holds its locks, and can move into `tokio::spawn`.
+/// Advisory locks on a pool: the session-level methods of
+/// [`AdvisoryLockExt`], each on a connection checked out for the lock.
+///
+/// The guards own their pooled connection: they are `Send + 'static`, so
+/// they move into `tokio::spawn`, and releasing one returns its connection to
+/// the pool. A connection whose state is in doubt (an acquire dropped before
+/// its answer, a release that failed) is closed instead of returned, so the
+/// pool never hands out a connection holding someone's lock or still
+/// waiting for one.
 ///
 /// # Examples
 ///
@@ -616,9 +607,8 @@ async fn begin_locked(
 /// # }
 /// ```
 pub trait PoolAdvisoryLockExt: sealed::Pool {
-    /// Checks out a connection and takes `keys` exclusively through it,
-    /// waiting while another session holds one: as
-    /// [`AdvisoryLockExt::lock_exclusive`], plus the pool's checkout.
+    /// Checks out a connection and takes `keys` exclusively through it, as
+    /// [`AdvisoryLockExt::lock_exclusive`].
     ///
     /// # Errors
     ///
@@ -627,12 +617,11 @@ pub trait PoolAdvisoryLockExt: sealed::Pool {
     /// # Cancel safety
     ///
     /// Dropped before the lock is granted, the connection is closed rather
-    /// than returned: the server ends the wait and frees what it granted, and
-    /// the pool is never handed a connection still waiting.
+    /// than returned: the server ends the wait and frees what it granted.
     fn lock_exclusive(
         &self,
         keys: impl AdvisoryKeys,
-    ) -> impl Future<Output = Result<PoolLockGuard, Error>> + Send + 'static;
+    ) -> impl Future<Output = Result<LockGuard<PoolConnection<Postgres>>, Error>> + Send + 'static;
 
     /// As [`lock_exclusive`](Self::lock_exclusive), in shared mode.
     ///
@@ -646,10 +635,11 @@ pub trait PoolAdvisoryLockExt: sealed::Pool {
     fn lock_shared(
         &self,
         keys: impl AdvisoryKeys,
-    ) -> impl Future<Output = Result<PoolLockGuard, Error>> + Send + 'static;
+    ) -> impl Future<Output = Result<LockGuard<PoolConnection<Postgres>>, Error>> + Send + 'static;
 
     /// Checks out a connection and takes `keys` exclusively if all are free
-    /// now; `None` if one is busy (the connection goes back to the pool).
+    /// now, as [`AdvisoryLockExt::try_lock_exclusive`]; `None` if one is
+    /// busy, and the connection goes back to the pool.
     ///
     /// # Errors
     ///
@@ -661,7 +651,7 @@ pub trait PoolAdvisoryLockExt: sealed::Pool {
     fn try_lock_exclusive(
         &self,
         keys: impl AdvisoryKeys,
-    ) -> impl Future<Output = Result<Option<PoolLockGuard>, Error>> + Send + 'static;
+    ) -> impl Future<Output = Result<Option<LockGuard<PoolConnection<Postgres>>>, Error>> + Send + 'static;
 
     /// As [`try_lock_exclusive`](Self::try_lock_exclusive), in shared mode.
     ///
@@ -675,38 +665,113 @@ pub trait PoolAdvisoryLockExt: sealed::Pool {
     fn try_lock_shared(
         &self,
         keys: impl AdvisoryKeys,
-    ) -> impl Future<Output = Result<Option<PoolLockGuard>, Error>> + Send + 'static;
+    ) -> impl Future<Output = Result<Option<LockGuard<PoolConnection<Postgres>>>, Error>> + Send + 'static;
+
+    /// Checks out a connection and takes `keys` exclusively, waiting at most
+    /// `timeout` on the server, as [`AdvisoryLockExt::lock_exclusive_timeout`];
+    /// `None` when the time ran out. The pool's own checkout is not counted
+    /// in `timeout`: it has the pool's `acquire_timeout`.
+    ///
+    /// # Errors
+    ///
+    /// The pool's errors, or as for
+    /// [`AdvisoryLockExt::lock_exclusive_timeout`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`lock_exclusive`](Self::lock_exclusive); this call returns by
+    /// itself when the time is up, so it needs no client-side timeout.
+    fn lock_exclusive_timeout(
+        &self,
+        keys: impl AdvisoryKeys,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<LockGuard<PoolConnection<Postgres>>>, Error>> + Send + 'static;
+
+    /// As [`lock_exclusive_timeout`](Self::lock_exclusive_timeout), in shared
+    /// mode.
+    ///
+    /// # Errors
+    ///
+    /// As for [`lock_exclusive_timeout`](Self::lock_exclusive_timeout).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`lock_exclusive_timeout`](Self::lock_exclusive_timeout).
+    fn lock_shared_timeout(
+        &self,
+        keys: impl AdvisoryKeys,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<LockGuard<PoolConnection<Postgres>>>, Error>> + Send + 'static;
+
+    /// Checks out a connection and runs `f` with it while `keys` are held
+    /// exclusively, as [`AdvisoryLockExt::with_exclusive`]; the connection
+    /// then goes back to the pool.
+    ///
+    /// # Errors
+    ///
+    /// As for [`AdvisoryLockExt::with_exclusive`], and the pool's errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`lock_exclusive`](Self::lock_exclusive) while the lock is
+    /// taken, and as for [`AdvisoryLockExt::with_exclusive`] afterwards.
+    fn with_exclusive<T, E, F>(
+        &self,
+        keys: impl AdvisoryKeys,
+        f: F,
+    ) -> impl Future<Output = Result<T, E>>
+    where
+        F: AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
+        E: From<Error>;
+
+    /// As [`with_exclusive`](Self::with_exclusive), in shared mode.
+    ///
+    /// # Errors
+    ///
+    /// As for [`with_exclusive`](Self::with_exclusive).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`with_exclusive`](Self::with_exclusive).
+    fn with_shared<T, E, F>(
+        &self,
+        keys: impl AdvisoryKeys,
+        f: F,
+    ) -> impl Future<Output = Result<T, E>>
+    where
+        F: AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
+        E: From<Error>;
 }
+
+type PoolGuard = LockGuard<PoolConnection<Postgres>>;
 
 impl PoolAdvisoryLockExt for PgPool {
     fn lock_exclusive(
         &self,
         keys: impl AdvisoryKeys,
-    ) -> impl Future<Output = Result<PoolLockGuard, Error>> + Send + 'static {
+    ) -> impl Future<Output = Result<PoolGuard, Error>> + Send + 'static {
         let (pool, ids) = (self.clone(), key::ids_of(&keys));
         async move {
-            Ok(pool_lock(pool, ids?, false, Patience::Forever)
-                .await?
-                .expect(GRANTED))
+            let guard = pool_lock(pool, ids?, false, Patience::Forever).await?;
+            Ok(guard.expect(protocol::GRANTED))
         }
     }
 
     fn lock_shared(
         &self,
         keys: impl AdvisoryKeys,
-    ) -> impl Future<Output = Result<PoolLockGuard, Error>> + Send + 'static {
+    ) -> impl Future<Output = Result<PoolGuard, Error>> + Send + 'static {
         let (pool, ids) = (self.clone(), key::ids_of(&keys));
         async move {
-            Ok(pool_lock(pool, ids?, true, Patience::Forever)
-                .await?
-                .expect(GRANTED))
+            let guard = pool_lock(pool, ids?, true, Patience::Forever).await?;
+            Ok(guard.expect(protocol::GRANTED))
         }
     }
 
     fn try_lock_exclusive(
         &self,
         keys: impl AdvisoryKeys,
-    ) -> impl Future<Output = Result<Option<PoolLockGuard>, Error>> + Send + 'static {
+    ) -> impl Future<Output = Result<Option<PoolGuard>, Error>> + Send + 'static {
         let (pool, ids) = (self.clone(), key::ids_of(&keys));
         async move { pool_lock(pool, ids?, false, Patience::None).await }
     }
@@ -714,9 +779,59 @@ impl PoolAdvisoryLockExt for PgPool {
     fn try_lock_shared(
         &self,
         keys: impl AdvisoryKeys,
-    ) -> impl Future<Output = Result<Option<PoolLockGuard>, Error>> + Send + 'static {
+    ) -> impl Future<Output = Result<Option<PoolGuard>, Error>> + Send + 'static {
         let (pool, ids) = (self.clone(), key::ids_of(&keys));
         async move { pool_lock(pool, ids?, true, Patience::None).await }
+    }
+
+    fn lock_exclusive_timeout(
+        &self,
+        keys: impl AdvisoryKeys,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<PoolGuard>, Error>> + Send + 'static {
+        let (pool, ids) = (self.clone(), key::ids_of(&keys));
+        async move { pool_lock(pool, ids?, false, Patience::within(timeout)?).await }
+    }
+
+    fn lock_shared_timeout(
+        &self,
+        keys: impl AdvisoryKeys,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<PoolGuard>, Error>> + Send + 'static {
+        let (pool, ids) = (self.clone(), key::ids_of(&keys));
+        async move { pool_lock(pool, ids?, true, Patience::within(timeout)?).await }
+    }
+
+    fn with_exclusive<T, E, F>(
+        &self,
+        keys: impl AdvisoryKeys,
+        f: F,
+    ) -> impl Future<Output = Result<T, E>>
+    where
+        F: AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
+        E: From<Error>,
+    {
+        let (pool, ids) = (self.clone(), key::ids_of(&keys));
+        async move {
+            let conn = pool.acquire().await.map_err(Error::from)?;
+            with_lock(conn, ids.map_err(Error::from)?, false, f).await
+        }
+    }
+
+    fn with_shared<T, E, F>(
+        &self,
+        keys: impl AdvisoryKeys,
+        f: F,
+    ) -> impl Future<Output = Result<T, E>>
+    where
+        F: AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
+        E: From<Error>,
+    {
+        let (pool, ids) = (self.clone(), key::ids_of(&keys));
+        async move {
+            let conn = pool.acquire().await.map_err(Error::from)?;
+            with_lock(conn, ids.map_err(Error::from)?, true, f).await
+        }
     }
 }
 
@@ -725,7 +840,7 @@ async fn pool_lock(
     ids: Vec<LockId>,
     shared: bool,
     patience: Patience,
-) -> Result<Option<PoolLockGuard>, Error> {
+) -> Result<Option<PoolGuard>, Error> {
     let conn = pool.acquire().await?;
-    PoolLockGuard::acquire(conn, ids, shared, patience).await
+    LockGuard::acquire(conn, ids, shared, patience).await
 }

@@ -1,4 +1,4 @@
-//! Guards: a held session-level lock that releases itself.
+//! The guard: a held session-level lock that releases itself.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -7,70 +7,191 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgConnection, Postgres};
 
 use crate::protocol::{self, Patience};
-use crate::{Error, LockId};
+use crate::{AdvisoryKeys, Error, LockId, key};
 
-/// Session-level advisory locks on some ids, held through a borrowed
-/// connection until the guard is released or dropped.
+mod sealed {
+    pub trait Sealed {
+        /// The connection, for `Deref`.
+        fn connection_ref(&self) -> &sqlx::PgConnection;
+
+        /// Makes sure the connection never goes back to a pool, where it can:
+        /// its state is in doubt. `false` when that is not this holder's to
+        /// decide (a borrowed connection).
+        fn close_when_dropped(&mut self) -> bool {
+            false
+        }
+    }
+}
+
+/// What a [`LockGuard`] holds its locks through: a borrowed
+/// `&mut PgConnection`, an owned `PgConnection`, or a pooled
+/// `PoolConnection<Postgres>`.
 ///
-/// Made by [`lock_exclusive`](crate::AdvisoryLockExt::lock_exclusive) and
-/// its siblings. The guard derefs to the connection, so queries run through
-/// it while the ids are held.
+/// A guard over a connection it owns closes that connection, instead of
+/// handing it back, whenever what the session holds is in doubt: so a pooled
+/// connection never returns to its pool holding a guard's ids.
+pub trait GuardConnection: AsMut<PgConnection> + sealed::Sealed {}
+
+impl sealed::Sealed for &mut PgConnection {
+    fn connection_ref(&self) -> &PgConnection {
+        self
+    }
+}
+impl GuardConnection for &mut PgConnection {}
+
+impl sealed::Sealed for PgConnection {
+    fn connection_ref(&self) -> &PgConnection {
+        self
+    }
+
+    fn close_when_dropped(&mut self) -> bool {
+        // Dropping an owned connection closes it.
+        true
+    }
+}
+impl GuardConnection for PgConnection {}
+
+impl sealed::Sealed for PoolConnection<Postgres> {
+    fn connection_ref(&self) -> &PgConnection {
+        self
+    }
+
+    fn close_when_dropped(&mut self) -> bool {
+        self.close_on_drop();
+        true
+    }
+}
+impl GuardConnection for PoolConnection<Postgres> {}
+
+/// Session-level advisory locks on some ids, held until the guard is
+/// released or dropped.
 ///
-/// - [`release`](Self::release) unlocks now: 1 round trip, errors reported.
-/// - Dropping the guard queues the unlock on the connection: it runs before
-///   anything sent on the connection afterwards, including the check a pool
-///   runs when a connection is returned to it.
+/// One guard type serves every connection a lock can be held through:
+/// `LockGuard<&mut PgConnection>` from a borrowed connection
+/// ([`AdvisoryLockExt`](crate::AdvisoryLockExt)), and
+/// `LockGuard<PoolConnection<Postgres>>` from a pool
+/// ([`PoolAdvisoryLockExt`](crate::PoolAdvisoryLockExt)), which owns its
+/// connection and is `Send + 'static`, so it can move into `tokio::spawn`.
+/// [`LockGuard::lock_exclusive`] takes an owned `PgConnection`, or any other
+/// [`GuardConnection`].
+///
+/// The guard derefs to the connection, so queries run through it while the
+/// ids are held.
+///
+/// - [`release`](Self::release) unlocks now, 1 round trip, and reports
+///   errors, such as [`Error::Lost`] when something else released an id.
+/// - Dropping the guard releases the ids before the connection's next use,
+///   including the check a pool runs when a connection comes back to it.
 /// - [`leak`](Self::leak) keeps the ids for the rest of the session, on
 ///   purpose.
 #[must_use = "the ids are released as soon as the guard is dropped"]
-pub struct LockGuard<'c> {
-    conn: &'c mut PgConnection,
+pub struct LockGuard<C: GuardConnection> {
+    conn: Option<C>,
     ids: Box<[LockId]>,
     shared: bool,
     token: i32,
     waited: bool,
-    held: bool,
 }
 
-impl<'c> LockGuard<'c> {
+const CONN: &str = "BUG: the connection is only taken by consuming methods";
+
+impl<C: GuardConnection> LockGuard<C> {
+    /// Takes `keys` exclusively at session level through `conn`, which the
+    /// guard then owns, waiting while another session holds one.
+    ///
+    /// For a borrowed connection or a pool, the methods of
+    /// [`AdvisoryLockExt`](crate::AdvisoryLockExt) and
+    /// [`PoolAdvisoryLockExt`](crate::PoolAdvisoryLockExt) do the same.
+    ///
+    /// # Errors
+    ///
+    /// As for [`AdvisoryLockExt::lock_exclusive`](crate::AdvisoryLockExt::lock_exclusive).
+    /// An owned connection is closed after an error, and with it any lock
+    /// of its session.
+    pub async fn lock_exclusive(conn: C, keys: impl AdvisoryKeys) -> Result<Self, Error> {
+        let ids = key::ids_of(&keys)?;
+        let guard = Self::acquire(conn, ids, false, Patience::Forever).await?;
+        Ok(guard.expect(protocol::GRANTED))
+    }
+
+    /// Takes `keys` in shared mode; otherwise as
+    /// [`lock_exclusive`](Self::lock_exclusive).
+    ///
+    /// # Errors
+    ///
+    /// As for [`lock_exclusive`](Self::lock_exclusive).
+    pub async fn lock_shared(conn: C, keys: impl AdvisoryKeys) -> Result<Self, Error> {
+        let ids = key::ids_of(&keys)?;
+        let guard = Self::acquire(conn, ids, true, Patience::Forever).await?;
+        Ok(guard.expect(protocol::GRANTED))
+    }
+
+    /// Takes the ids through `conn`; `None` when `patience` ran out.
     pub(crate) async fn acquire(
-        conn: &'c mut PgConnection,
+        conn: C,
         ids: Vec<LockId>,
         shared: bool,
         patience: Patience,
-    ) -> Result<Option<LockGuard<'c>>, Error> {
-        let hold = protocol::acquire(&mut *conn, &ids, shared, patience).await?;
-        Ok(hold.map(|hold| LockGuard {
-            conn,
+    ) -> Result<Option<Self>, Error> {
+        // Dropped before the outcome is known, an owned connection is
+        // closed: the server then ends the wait and frees whatever it
+        // granted, and a pool gets a fresh connection instead of one still
+        // waiting. A borrowed one runs the cleanup queued on it instead.
+        struct CloseUnlessKept<C: GuardConnection>(Option<C>);
+        impl<C: GuardConnection> Drop for CloseUnlessKept<C> {
+            fn drop(&mut self) {
+                if let Some(conn) = self.0.as_mut() {
+                    conn.close_when_dropped();
+                }
+            }
+        }
+        let mut checkout = CloseUnlessKept(Some(conn));
+        let taken = protocol::acquire(
+            checkout.0.as_mut().expect(CONN).as_mut(),
+            &ids,
+            shared,
+            patience,
+        )
+        .await;
+        // Finished, with or without the ids: the connection's state is known
+        // (any cleanup is queued on it), and it can go back to a pool.
+        let conn = checkout.0.take().expect(CONN);
+        Ok(taken?.map(|hold| LockGuard {
+            conn: Some(conn),
             ids: ids.into_boxed_slice(),
             shared,
             token: hold.token,
             waited: hold.waited,
-            held: true,
         }))
     }
 
     /// Releases the ids now, in reverse order (`pg_advisory_unlock`): 1
-    /// round trip.
+    /// round trip. A pooled connection then goes back to its pool.
     ///
     /// # Errors
     ///
     /// [`Error::Lost`] when the session no longer held some of the ids:
     /// something else released them while the guard was alive (the rest are
-    /// released); [`Error::InFailedTransaction`] when the connection is in a
-    /// failed transaction, where the server refuses the unlock and the ids
-    /// stay with the session; [`Error::Database`] when the connection
-    /// fails, and the server frees the ids when it notices the session is
-    /// gone.
+    /// released). [`Error::InFailedTransaction`] when the connection is in a
+    /// failed transaction, where the server refuses the unlock.
+    /// [`Error::ConnectionLost`] when the session is gone, and its locks
+    /// with it. After any error but [`Error::Lost`], a connection the guard
+    /// owns is closed rather than returned to a pool.
     ///
     /// # Cancel safety
     ///
     /// Dropped at any point, the ids are released before the connection's
-    /// next use: by the unlock if it was sent, or by a statement queued in its
-    /// place if it was not.
+    /// next use.
     pub async fn release(mut self) -> Result<(), Error> {
-        self.held = false;
-        protocol::release(self.conn, &self.ids, self.shared, self.token).await
+        let mut conn = self.conn.take().expect(CONN);
+        let released = protocol::release(conn.as_mut(), &self.ids, self.shared, self.token).await;
+        if released
+            .as_ref()
+            .is_err_and(|e| !matches!(e, Error::Lost { .. }))
+        {
+            conn.close_when_dropped();
+        }
+        released
     }
 
     /// Asks the server whether this session holds every id of the guard, in
@@ -85,13 +206,34 @@ impl<'c> LockGuard<'c> {
     ///
     /// A read: dropping the future changes nothing.
     pub async fn held_on_server(&mut self) -> Result<bool, Error> {
-        held_or_gone(protocol::held(self.conn, &self.ids, self.shared).await)
+        let conn = self.conn.as_mut().expect(CONN).as_mut();
+        let held = protocol::held(conn, &self.ids, self.shared).await;
+        match held {
+            Err(e) if e.is_connection_lost() => Ok(false),
+            held => held,
+        }
     }
 
-    /// Keeps the ids held by the session, on purpose, until they are
-    /// released by hand or the session ends.
-    pub fn leak(mut self) {
-        self.held = false;
+    /// Keeps the ids held by the session, on purpose, and hands back the
+    /// connection. The ids stay held until released by hand or the session
+    /// ends, even when a pooled connection goes back to its pool.
+    pub fn leak(mut self) -> C {
+        self.conn.take().expect(CONN)
+    }
+
+    /// Hands back the connection, with the release queued on it as when the
+    /// guard is dropped: it runs before anything sent on the connection
+    /// afterwards.
+    pub fn into_inner(mut self) -> C {
+        let mut conn = self.conn.take().expect(CONN);
+        protocol::release_on_drop(conn.as_mut(), &self.ids, self.shared, self.token);
+        conn
+    }
+
+    /// The connection, to run queries while the ids are held (the guard
+    /// also derefs to it).
+    pub fn connection(&mut self) -> &mut PgConnection {
+        self.conn.as_mut().expect(CONN).as_mut()
     }
 
     /// The ids, in lock order.
@@ -111,209 +253,44 @@ impl<'c> LockGuard<'c> {
     }
 }
 
-impl Deref for LockGuard<'_> {
+impl<C: GuardConnection> Deref for LockGuard<C> {
     type Target = PgConnection;
 
     fn deref(&self) -> &PgConnection {
-        self.conn
+        self.conn.as_ref().expect(CONN).connection_ref()
     }
 }
 
-impl DerefMut for LockGuard<'_> {
+impl<C: GuardConnection> DerefMut for LockGuard<C> {
     fn deref_mut(&mut self) -> &mut PgConnection {
-        self.conn
+        self.connection()
     }
 }
 
-impl AsMut<PgConnection> for LockGuard<'_> {
+impl<C: GuardConnection> AsMut<PgConnection> for LockGuard<C> {
     fn as_mut(&mut self) -> &mut PgConnection {
-        self.conn
+        self.connection()
     }
 }
 
-impl Drop for LockGuard<'_> {
+impl<C: GuardConnection> Drop for LockGuard<C> {
     fn drop(&mut self) {
-        if self.held {
-            protocol::release_on_drop(self.conn, &self.ids, self.shared, self.token);
+        if let Some(conn) = self.conn.as_mut() {
+            // In a transaction the queued release could not run; a
+            // connection the guard owns is closed instead, which frees every
+            // lock of its session.
+            if !(conn.as_mut().is_in_transaction() && conn.close_when_dropped()) {
+                protocol::release_on_drop(conn.as_mut(), &self.ids, self.shared, self.token);
+            }
         }
     }
 }
 
-impl fmt::Debug for LockGuard<'_> {
+impl<C: GuardConnection> fmt::Debug for LockGuard<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockGuard")
             .field("ids", &self.ids)
             .field("shared", &self.shared)
             .finish_non_exhaustive()
-    }
-}
-
-/// Session-level advisory locks held through a pooled connection that the
-/// guard owns: `Send + 'static`, so it can move into `tokio::spawn`.
-///
-/// Made by [`PoolAdvisoryLockExt`](crate::PoolAdvisoryLockExt). Derefs to the
-/// connection. [`release`](Self::release) unlocks and returns the connection
-/// to its pool. Dropped, the guard queues the unlock, and the pool runs it
-/// before the connection can be handed out again; a connection whose state is
-/// in doubt (inside a transaction) is closed instead, which frees every lock
-/// of its session. A pooled connection never goes back into its pool holding
-/// the guard's ids.
-#[must_use = "the ids are released as soon as the guard is dropped"]
-pub struct PoolLockGuard {
-    conn: Option<PoolConnection<Postgres>>,
-    ids: Box<[LockId]>,
-    shared: bool,
-    token: i32,
-    waited: bool,
-}
-
-const CONN: &str = "BUG: the pooled connection is only taken by consuming methods";
-
-impl PoolLockGuard {
-    pub(crate) async fn acquire(
-        conn: PoolConnection<Postgres>,
-        ids: Vec<LockId>,
-        shared: bool,
-        patience: Patience,
-    ) -> Result<Option<PoolLockGuard>, Error> {
-        // Dropped before the outcome is known, the connection is closed: the
-        // server then ends the wait and frees whatever it granted, and the
-        // pool gets a fresh connection instead of one still waiting.
-        struct CloseUnlessKept(Option<PoolConnection<Postgres>>);
-        impl Drop for CloseUnlessKept {
-            fn drop(&mut self) {
-                if let Some(conn) = self.0.as_mut() {
-                    conn.close_on_drop();
-                }
-            }
-        }
-        let mut checkout = CloseUnlessKept(Some(conn));
-        let conn = checkout.0.as_mut().expect(CONN);
-        let taken = protocol::acquire(conn, &ids, shared, patience).await;
-        // Finished, with or without the ids: the connection's state is known
-        // (any cleanup is queued on it), and it can go back to the pool.
-        let conn = checkout.0.take().expect(CONN);
-        Ok(taken?.map(|hold| PoolLockGuard {
-            conn: Some(conn),
-            ids: ids.into_boxed_slice(),
-            shared,
-            token: hold.token,
-            waited: hold.waited,
-        }))
-    }
-
-    /// Releases the ids (`pg_advisory_unlock`, 1 round trip) and returns the
-    /// connection to its pool.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Lost`] when the session no longer held some of the ids:
-    /// something else released them while the guard was alive (the rest are
-    /// released, and the connection goes back to the pool);
-    /// [`Error::Database`] when the connection fails; it is then closed, not
-    /// returned, and the server frees the ids with the session.
-    ///
-    /// # Cancel safety
-    ///
-    /// Dropped at any point, the unlock, or a statement queued in its place,
-    /// runs before the pool hands the connection out again.
-    pub async fn release(mut self) -> Result<(), Error> {
-        let mut conn = self.conn.take().expect(CONN);
-        let released = protocol::release(&mut conn, &self.ids, self.shared, self.token).await;
-        if released
-            .as_ref()
-            .is_err_and(|e| !matches!(e, Error::Lost { .. }))
-        {
-            conn.close_on_drop();
-        }
-        released
-    }
-
-    /// Asks the server whether this session holds every id of the guard, in
-    /// its mode (from `pg_locks`): 1 round trip. `Ok(false)` when the
-    /// session is gone.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Database`] when the query fails otherwise.
-    ///
-    /// # Cancel safety
-    ///
-    /// A read: dropping the future changes nothing.
-    pub async fn held_on_server(&mut self) -> Result<bool, Error> {
-        let conn = self.conn.as_mut().expect(CONN);
-        held_or_gone(protocol::held(conn, &self.ids, self.shared).await)
-    }
-
-    /// Keeps the ids held by the session, on purpose, and hands over the
-    /// pooled connection. Returned to the pool, the connection keeps the ids
-    /// until they are released by hand or the session ends.
-    pub fn leak(mut self) -> PoolConnection<Postgres> {
-        self.conn.take().expect(CONN)
-    }
-
-    /// The ids, in lock order.
-    pub fn ids(&self) -> &[LockId] {
-        &self.ids
-    }
-
-    /// Whether the ids are held in shared mode.
-    pub fn is_shared(&self) -> bool {
-        self.shared
-    }
-
-    /// Whether taking the ids had to wait for another session to release
-    /// one.
-    pub fn waited(&self) -> bool {
-        self.waited
-    }
-}
-
-impl Deref for PoolLockGuard {
-    type Target = PgConnection;
-
-    fn deref(&self) -> &PgConnection {
-        self.conn.as_ref().expect(CONN)
-    }
-}
-
-impl DerefMut for PoolLockGuard {
-    fn deref_mut(&mut self) -> &mut PgConnection {
-        self.conn.as_mut().expect(CONN)
-    }
-}
-
-impl AsMut<PgConnection> for PoolLockGuard {
-    fn as_mut(&mut self) -> &mut PgConnection {
-        self.conn.as_mut().expect(CONN)
-    }
-}
-
-impl Drop for PoolLockGuard {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.as_mut() {
-            if conn.is_in_transaction() {
-                conn.close_on_drop();
-            } else {
-                protocol::release_on_drop(conn, &self.ids, self.shared, self.token);
-            }
-        }
-    }
-}
-
-impl fmt::Debug for PoolLockGuard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PoolLockGuard")
-            .field("ids", &self.ids)
-            .field("shared", &self.shared)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A session that is gone holds nothing.
-fn held_or_gone(held: Result<bool, Error>) -> Result<bool, Error> {
-    match held {
-        Err(e) if e.is_connection_lost() => Ok(false),
-        held => held,
     }
 }

@@ -107,7 +107,7 @@ mod sql;
 
 pub use error::{Error, ServerError};
 pub use ext::{AdvisoryLockExt, PoolAdvisoryLockExt};
-pub use guard::{LockGuard, PoolLockGuard};
+pub use guard::{GuardConnection, LockGuard};
 pub use key::{AdvisoryKey, AdvisoryKeys, KeyError, LockId};
 pub use lock::{AdvisoryLock, Exclusive, ExclusiveLock, Mode, ShareLock, Shared};
 pub use session::prepare_session;

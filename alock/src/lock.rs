@@ -217,7 +217,7 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
     /// when the time is up, there is no need to wrap it in a client-side
     /// timeout.
     pub async fn acquire_timeout(&mut self, timeout: Duration) -> Result<bool, Error> {
-        self.take(Patience::within(timeout)).await
+        self.take(Patience::within(timeout)?).await
     }
 
     async fn take(&mut self, patience: Patience) -> Result<bool, Error> {

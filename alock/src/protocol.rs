@@ -37,17 +37,23 @@ pub(crate) enum Patience {
     For(Duration),
 }
 
+/// The longest timeout a call takes: what the server's `lock_timeout` can
+/// express, `i32::MAX` milliseconds (24.8 days).
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+
+/// For a wait without a limit, which ends taken or with an error.
+pub(crate) const GRANTED: &str = "BUG: a wait without a limit ends taken or with an error";
+
 impl Patience {
-    /// At most `timeout`; a zero timeout never waits, and one beyond what
-    /// `lock_timeout` can express (`i32::MAX` milliseconds, 24.8 days)
-    /// waits as long as it takes.
-    pub(crate) fn within(timeout: Duration) -> Patience {
+    /// At most `timeout`; a zero timeout never waits, and one beyond
+    /// [`MAX_TIMEOUT`] is refused.
+    pub(crate) fn within(timeout: Duration) -> Result<Patience, Error> {
         if timeout.is_zero() {
-            Patience::None
-        } else if timeout >= Duration::from_millis(i32::MAX as u64) {
-            Patience::Forever
+            Ok(Patience::None)
+        } else if timeout > MAX_TIMEOUT {
+            Err(Error::TimeoutTooLong(timeout))
         } else {
-            Patience::For(timeout)
+            Ok(Patience::For(timeout))
         }
     }
 
