@@ -614,3 +614,41 @@ async fn a_try_that_finds_a_later_id_busy_leaves_no_record_behind() {
     .unwrap();
     assert_eq!(rows, 0, "the session holds locks after failed tries");
 }
+
+/// A timed acquire whose budget and `statement_timeout` run out together:
+/// PostgreSQL can deliver the lock timeout's signal after the statement
+/// timeout has already ended the wait, outside the block that catches it.
+/// Either way the call's answer is what a timed call promises: no guard, or
+/// a cancel, never the session's own `lock_timeout` error; and nothing stays
+/// held once the connection is used again.
+#[tokio::test]
+async fn a_late_lock_timeout_signal_is_a_timed_out_call_not_an_error() {
+    let [free, busy] = unique_keys(2).try_into().unwrap();
+    let _holder = hold_elsewhere(busy).await;
+    let mut conn = connect().await;
+    let pid = backend_pid(&mut conn).await;
+    let mut observer = connect().await;
+    let mut outcomes = [0; 2];
+    for round in 0..1000 {
+        let ms = 2 + round % 3;
+        sqlx::query("SELECT set_config('statement_timeout', $1, false)")
+            .bind(format!("{ms}ms"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let got = conn
+            .lock_exclusive_timeout([free, busy], Duration::from_millis(ms))
+            .await;
+        match got {
+            Ok(None) => outcomes[0] += 1,
+            Err(Error::Canceled(_)) => outcomes[1] += 1,
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+    sqlx::query("SET statement_timeout = 0")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(count_held(&mut observer, pid, &[free, busy]).await, 0);
+    assert!(is_free(free).await, "{outcomes:?}");
+}

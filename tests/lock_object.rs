@@ -74,16 +74,6 @@ async fn mixed_and_duplicated_ids_are_fully_released() {
 }
 
 #[tokio::test]
-async fn zero_ids_lock_without_the_server() {
-    let mut lock = ExclusiveLock::new(connect().await, Vec::<i64>::new());
-    lock.acquire().await.unwrap();
-    assert!(lock.is_locked());
-    assert!(lock.held_on_server().await.unwrap());
-    lock.release().await.unwrap();
-    assert!(!lock.is_locked());
-}
-
-#[tokio::test]
 async fn release_of_an_unheld_object_changes_nothing() {
     let id = unique_key();
     let mut conn = connect().await;
@@ -340,32 +330,6 @@ async fn thousands_of_ids_lock_and_release_in_every_form() {
     lock.acquire().await.unwrap();
     lock.release().await.unwrap();
     assert!(is_free(ids[1000]).await);
-}
-
-#[tokio::test]
-async fn timeouts_longer_than_lock_timeout_can_express_wait_as_long_as_it_takes() {
-    let [free, busy] = unique_keys(2).try_into().unwrap();
-    let mut holder = hold_elsewhere(busy).await;
-    let mut conn = connect().await;
-    let pid = backend_pid(&mut conn).await;
-    let mut observer = connect().await;
-    let forty_days = Duration::from_secs(40 * 24 * 3600);
-
-    let mut lock = ExclusiveLock::new(&mut conn, [free]);
-    assert!(lock.acquire_timeout(forty_days).await.unwrap());
-    lock.release().await.unwrap();
-    drop(lock);
-
-    let waiter = tokio::spawn(async move {
-        let mut lock = ExclusiveLock::new(conn, [free, busy]);
-        lock.acquire_timeout(Duration::MAX).await.unwrap()
-    });
-    until_waiting(&mut observer, pid).await;
-    sqlx::query("SELECT pg_advisory_unlock_all()")
-        .execute(&mut holder)
-        .await
-        .unwrap();
-    assert!(waiter.await.unwrap());
 }
 
 #[tokio::test]

@@ -121,7 +121,15 @@ pub(crate) async fn acquire(
         .map_err(Error::from_sqlx);
         // A statement that failed as a whole may have taken the ids before
         // it failed: the flight stays armed, and its release is queued.
-        match Outcome::parse(&outcome?) {
+        let outcome = match outcome {
+            // The body catches the lock timeout that ends its wait. One that
+            // escapes it is a late signal of that same timer, delivered after
+            // another interrupt had already ended the wait: for a call with a
+            // limit, the time ran out.
+            Err(Error::LockTimeout(_)) if matches!(patience, Patience::For(_)) => return Ok(None),
+            outcome => outcome?,
+        };
+        match Outcome::parse(&outcome) {
             Outcome::Acquired { waited } => {
                 flight.disarm();
                 return Ok(Some(Hold { token, waited }));

@@ -56,7 +56,8 @@ const BODY_DECLARATIONS: &str = "\
 
 /// Gives back the ids a body took (`taken` of them) with their records,
 /// each id with its record in one statement, retried where an interrupt (a
-/// cancel, `statement_timeout`) lands, so that it ends with none of them
+/// cancel, `statement_timeout`, or the signal of a lock timeout that arrives
+/// after another interrupt ended the wait) lands, so that it ends with none of them
 /// held. Only interrupts are retried: any other error ends the call, and
 /// the cleanup its caller queues finishes the work from the records.
 fn give_back() -> String {
@@ -69,7 +70,7 @@ fn give_back() -> String {
                         - (pg_advisory_unlock_shared({TOKEN_NAMESPACE} + taken, token) IS NULL)::int; \
              END LOOP; \
              EXIT; \
-           EXCEPTION WHEN query_canceled THEN NULL; \
+           EXCEPTION WHEN query_canceled OR lock_not_available THEN NULL; \
            END; \
          END LOOP;"
     )
@@ -205,7 +206,7 @@ pub(crate) fn release_body() -> String {
                        IS NULL)::int::int8; \
              END LOOP; \
              EXIT; \
-           EXCEPTION WHEN query_canceled THEN NULL; \
+           EXCEPTION WHEN query_canceled OR lock_not_available THEN NULL; \
            END; \
          END LOOP; \
          missing := (p >> 32)::int;"
@@ -434,7 +435,7 @@ pub(crate) fn release_recorded(ids: &[LockId], shared: bool, token: i32) -> Stri
                          || (pg_advisory_unlock_shared({TOKEN_NAMESPACE} + j, token) IS NULL)::text; \
                END LOOP; \
                EXIT; \
-             EXCEPTION WHEN query_canceled THEN NULL; \
+             EXCEPTION WHEN query_canceled OR lock_not_available THEN NULL; \
              END; \
            END LOOP; \
          END $alock$",
