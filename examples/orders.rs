@@ -1,7 +1,8 @@
-//! The project's main job in miniature: several workers, each on its own
-//! pooled connection, process the same orders at the same time, and an
-//! advisory lock on each order's derived key makes sure that no order is
-//! processed twice.
+//! The project's main job in miniature: several workers process the same
+//! orders at the same time, and an advisory lock on each order's derived key
+//! makes sure that no order is processed twice. Even workers lock through a
+//! connection they keep; odd ones take a guard from the pool for each order,
+//! which owns its pooled connection. Both are the same `LockGuard`.
 //!
 //! ```sh
 //! cargo run --example orders
@@ -13,6 +14,7 @@
 use std::time::{Duration, Instant};
 
 use alock::prelude::*;
+use alock::{GuardConnection, LockGuard};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
 
@@ -113,7 +115,7 @@ async fn create_orders(pool: &PgPool) -> Result<(), sqlx::Error> {
 /// Goes through every order, in an order of its own, and processes those
 /// still pending, each under the order's advisory lock.
 async fn work(worker: usize, pool: PgPool) -> Result<Tally, alock::Error> {
-    let mut conn = pool.acquire().await?;
+    let mut kept = pool.acquire().await?;
     let mut tally = Tally::default();
     for id in visiting_order(worker) {
         let order = Order {
@@ -121,18 +123,36 @@ async fn work(worker: usize, pool: PgPool) -> Result<Tally, alock::Error> {
             state: String::new(),
         };
         // Waits, on the server, while another worker holds this order.
-        let mut guard = conn.lock_exclusive(&order).await?;
-        tally.lock_waits += u32::from(guard.waited());
-        if process(worker, &mut guard, id).await? {
+        let (waited, processed) = if worker % 2 == 0 {
+            let guard = kept.lock_exclusive(&order).await?;
+            under_lock(worker, guard, id).await?
+        } else {
+            let guard = pool.lock_exclusive(&order).await?;
+            under_lock(worker, guard, id).await?
+        };
+        tally.lock_waits += u32::from(waited);
+        if processed {
             tally.processed += 1;
-        } else if guard.waited() {
+        } else if waited {
             tally.conflicts_avoided += 1;
         } else {
             tally.already_done += 1;
         }
-        guard.release().await?;
     }
     Ok(tally)
+}
+
+/// Processes the order its guard locks, then releases the lock: whether
+/// taking it waited, and whether the order was processed.
+async fn under_lock<C: GuardConnection>(
+    worker: usize,
+    mut guard: LockGuard<C>,
+    id: i32,
+) -> Result<(bool, bool), alock::Error> {
+    let processed = process(worker, &mut guard, id).await?;
+    let waited = guard.waited();
+    guard.release().await?;
+    Ok((waited, processed))
 }
 
 /// Processes one order if it is still pending; the caller holds its lock.

@@ -1,28 +1,29 @@
-//! PostgreSQL advisory locks for [sqlx](https://docs.rs/sqlx): shared or
-//! exclusive, many ids taken all or nothing in one round trip, re-entrant,
-//! with server-side timeouts, typed errors, and locks that never outlive
-//! their scope by accident.
+//! PostgreSQL advisory locks for [sqlx](https://docs.rs/sqlx): make sure
+//! that several processes never work on the same order, job or tenant at
+//! once.
 //!
 //! # Advisory locks
 //!
 //! An advisory lock is a lock on a number, held by a database session, that
-//! PostgreSQL enforces between sessions and otherwise gives no meaning to: an
-//! application decides that "order 7" is `(namespace("orders"), 7)` and every
-//! process that wants to work on order 7 takes that lock first. The server
-//! has two key spaces, one `bigint` and one pair of `integer`s
-//! ([`LockId`]), and two lifetimes:
+//! PostgreSQL enforces between sessions and otherwise gives no meaning to: a
+//! program decides that "order 7" is a certain [`LockId`], and every process
+//! that works on order 7 takes that lock first.
 //!
-//! - **session-level** locks are held until released or until the session
-//!   ends, whatever happens to transactions in between;
-//! - **transaction-level** locks are held until the transaction commits or
-//!   rolls back, and cannot be released earlier.
+//! - **Session level or transaction level.** A session-level lock is held
+//!   until released, or until the session ends, whatever happens to
+//!   transactions in between. A transaction-level lock is held until its
+//!   transaction commits or rolls back.
+//! - **Exclusive or shared.** An exclusive lock conflicts with every other
+//!   session's lock on the same key; a shared lock only with exclusive ones.
+//!   A session never conflicts with itself.
+//! - **Keys.** PostgreSQL has two key spaces, one `bigint` and one pair of
+//!   `integer`s: [`LockId::Int8`] and [`LockId::pair`]. Domain types become
+//!   keys through [`AdvisoryKey`], which `#[derive(AdvisoryKey)]` implements
+//!   with a namespace per type, checked at compile time; runtime names
+//!   through [`LockId::from_name`]. Every call takes [`AdvisoryKeys`]: one
+//!   key, or an array, slice, `Vec` or tuple of keys, all or nothing.
 //!
-//! Either can be **exclusive** (conflicts with every other session's lock on
-//! the id) or **shared** (conflicts only with exclusive ones). A session
-//! never conflicts with itself, and the server counts its session-level
-//! holds: a lock taken twice is released by two unlocks.
-//!
-//! # Locking domain values
+//! # Locking
 //!
 //! ```no_run
 //! use alock::prelude::*;
@@ -32,65 +33,41 @@
 //! struct Order {
 //!     #[advisory_key(id)]
 //!     id: i32,
-//!     note: String,
 //! }
 //!
-//! # async fn example(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
-//! let order = Order { id: 7, note: String::new() };
+//! # async fn example(pool: sqlx::PgPool) -> Result<(), alock::Error> {
+//! let order = Order { id: 7 };
 //! let mut conn = pool.acquire().await?;
-//! let mut guard = conn.lock_exclusive(&order).await?;      // 1 round trip
+//! let mut guard = conn.lock_exclusive(&order).await?;
 //! sqlx::query("UPDATE orders SET state = 'paid' WHERE id = $1")
 //!     .bind(order.id)
 //!     .execute(&mut *guard)
 //!     .await?;
-//! guard.release().await?;                                   // 1 round trip
+//! guard.release().await?;
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! # Where things live
+//! - [`AdvisoryLockExt`] adds the methods to `PgConnection`, and
+//!   [`PoolAdvisoryLockExt`] the session-level ones to `PgPool`:
+//!   `lock_*`, `try_lock_*`, `lock_*_timeout` and `with_*`; on connections
+//!   also `xact_lock_*` and `begin_locked_*` for transaction-level locks.
+//!   `use alock::prelude::*;` brings them in.
+//! - [`LockGuard`] holds session-level locks until released or dropped,
+//!   through a borrowed, owned or pooled connection.
+//! - [`ExclusiveLock`] and [`ShareLock`] are re-entrant lock objects over
+//!   many keys, which nest on one connection: the design of py-postgresql's
+//!   advisory locks.
+//! - [`Error`] says what went wrong, typed.
 //!
-//! - Keys: [`LockId`], [`AdvisoryKey`] (one lock id; derive it with
-//!   [`#[derive(AdvisoryKey)]`](derive@AdvisoryKey)), [`AdvisoryKeys`] (a
-//!   sequence of them: every API takes one key, an array, a slice, a `Vec`
-//!   or a tuple), [`namespace`](fn@namespace).
-//! - The sqlx way: [`AdvisoryLockExt`] on `PgConnection` (guards, scoped
-//!   locks, transaction-level locks, `BEGIN` with a lock), returning
-//!   [`LockGuard`]; [`PoolAdvisoryLockExt`] on `PgPool`, returning
-//!   [`PoolLockGuard`]. `use alock::prelude::*;` brings them in.
-//! - The lock object of py-postgresql: [`ExclusiveLock`] and [`ShareLock`],
-//!   re-entrant objects over many ids that nest on one connection.
-//! - Errors: [`Error`].
+//! # Cancellation
 //!
-//! # Round trips
-//!
-//! | call | round trips |
-//! |---|---|
-//! | take free ids, any number of them, any form | 1 |
-//! | try that finds an id busy and gives back what it took | 1 |
-//! | take ids when one is busy and must be waited for | 1, and 1 more per `deadlock_timeout` + 100 ms of waiting |
-//! | release | 1 |
-//! | re-entrant acquire or release of a lock object | 0 |
-//! | `BEGIN` and a transaction-level lock | 2 |
-//!
-//! # What a dropped future leaves
-//!
-//! Nothing. A dropped guard, a dropped held lock object, and an acquire or
-//! release dropped at any point release exactly what they hold before the
-//! connection's next use, including the check a pool runs when a connection
-//! comes back, and never another hold of the same session. A wait abandoned
-//! on the server ends within a second or so. `DESIGN.md` in the repository
-//! says how, statement by statement.
-//!
-//! # Where session-level locks are refused
-//!
-//! Inside a transaction begun through sqlx, session-level acquires return
-//! [`Error::InTransaction`]: nothing could release what an abandoned call
-//! took there. Take transaction-level locks (`xact_lock_*`) inside
-//! transactions, or take the lock before `BEGIN`. A transaction begun with
-//! raw SQL (`execute("BEGIN")`) is invisible to sqlx, and so to this crate:
-//! begin transactions through sqlx. Behind PgBouncer in transaction mode,
-//! only transaction-level locks work.
+//! Every future of this crate may be dropped at any poll: whatever the call
+//! took is released before the connection's next use, and no other hold is
+//! touched. A wait nobody reads any more stops on the server within
+//! `deadlock_timeout` + 100 ms. Inside a transaction begun through sqlx,
+//! session-level acquires are refused ([`Error::InTransaction`]); take
+//! transaction-level locks there.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
