@@ -361,9 +361,8 @@ pub trait AdvisoryLockExt: sealed::Connection {
     /// # Cancel safety
     ///
     /// Dropped once `BEGIN` is answered, the transaction is rolled back
-    /// before the connection's next use, and nothing is held. Dropped during
-    /// `BEGIN`'s own round trip, it is sqlx's `begin`, which in sqlx 0.9.0
-    /// leaves the server in the transaction.
+    /// before the connection's next use, and nothing is held. Dropped before
+    /// `BEGIN` is answered, it is a dropped `Connection::begin`.
     fn begin_locked_exclusive(
         &mut self,
         keys: impl AdvisoryKeys,

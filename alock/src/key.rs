@@ -109,6 +109,7 @@ pub enum KeyError {
 pub(crate) fn ids_of<K: AdvisoryKeys + ?Sized>(keys: &K) -> Result<Vec<LockId>, KeyError> {
     let ids = keys.lock_ids();
     if ids.is_empty() {
+        tracing::debug!(error = %KeyError::Empty, "alock: call refused");
         return Err(KeyError::Empty);
     }
     Ok(ids)

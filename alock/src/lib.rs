@@ -68,6 +68,23 @@
 //! `deadlock_timeout` + 100 ms. Inside a transaction begun through sqlx,
 //! session-level acquires are refused ([`Error::InTransaction`]); take
 //! transaction-level locks there.
+//!
+//! # Tracing
+//!
+//! The crate reports to [`tracing`](https://docs.rs/tracing) subscribers,
+//! under the target `alock`:
+//!
+//! | what | kind, level | fields |
+//! |---|---|---|
+//! | an acquire | span `alock.acquire`, `DEBUG` | `level` (`session`, `transaction`), `mode` (`exclusive`, `shared`), `ids`, `waited`, `wait_ms`, `outcome` (`acquired`, `busy`, or the error) |
+//! | a release | span `alock.release`, `DEBUG` | `mode`, `ids`, `outcome` (`released`, or the error) |
+//! | a release queued from `Drop` or a dropped call | event, `DEBUG` | `ids` |
+//! | a call refused before it reached the server | event, `DEBUG` | `error` |
+//! | ids found no longer held at release ([`Error::Lost`]) | event, `WARN` | `missing`, `total` |
+//! | a session found gone ([`Error::ConnectionLost`]) | event, `WARN` | `error` |
+//!
+//! With no subscriber listening, a span costs one atomic load and its fields
+//! are never computed.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -81,6 +98,7 @@ mod pending;
 mod protocol;
 mod session;
 mod sql;
+mod trace;
 
 pub use error::{Error, ServerError};
 pub use ext::{AdvisoryLockExt, PoolAdvisoryLockExt};

@@ -42,7 +42,7 @@ impl Mode for Shared {
 }
 
 /// A session-level advisory lock on a sequence of ids, in one mode, held
-/// through one connection: the port of py-postgresql's `ALock`.
+/// through one connection: a re-entrant lock object.
 ///
 /// Use it as [`ExclusiveLock`] or [`ShareLock`].
 ///
@@ -65,8 +65,8 @@ impl Mode for Shared {
 ///
 /// # Re-entrant
 ///
-/// Like Python's `threading.RLock`, the object counts its acquisitions: the
-/// server is contacted only when the count goes from 0 to 1 and from 1 to 0.
+/// Like a re-entrant mutex, the object counts its acquisitions: the server is
+/// contacted only when the count goes from 0 to 1 and from 1 to 0.
 ///
 /// # Round trips
 ///

@@ -11,9 +11,10 @@ use std::hash::{BuildHasher, Hasher, RandomState};
 use std::time::{Duration, Instant};
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
+use tracing::Instrument;
 
 use crate::error::{RELEASING, WAITING};
-use crate::{Error, LockId, pending, session, sql};
+use crate::{Error, LockId, pending, session, sql, trace};
 
 /// Binds one id's key(s), the first parameters of every single-id
 /// statement; a macro, as the statements are of two types.
@@ -51,7 +52,7 @@ impl Patience {
         if timeout.is_zero() {
             Ok(Patience::None)
         } else if timeout > MAX_TIMEOUT {
-            Err(Error::TimeoutTooLong(timeout))
+            Err(trace::refused(Error::TimeoutTooLong(timeout)))
         } else {
             Ok(Patience::For(timeout))
         }
@@ -95,8 +96,27 @@ pub(crate) async fn acquire(
     shared: bool,
     patience: Patience,
 ) -> Result<Option<Hold>, Error> {
+    let span = trace::acquire_span("session", shared, ids.len());
+    let started = Instant::now();
+    let taken = take_session(conn, ids, shared, patience)
+        .instrument(span.clone())
+        .await;
+    trace::acquired(
+        &span,
+        started,
+        taken.as_ref().map(|hold| hold.map(|h| h.waited)),
+    );
+    taken
+}
+
+async fn take_session(
+    conn: &mut PgConnection,
+    ids: &[LockId],
+    shared: bool,
+    patience: Patience,
+) -> Result<Option<Hold>, Error> {
     if conn.is_in_transaction() {
-        return Err(Error::InTransaction);
+        return Err(trace::refused(Error::InTransaction));
     }
     let token = new_token();
     if ids.is_empty() {
@@ -280,8 +300,24 @@ pub(crate) async fn acquire_xact(
     shared: bool,
     patience: Patience,
 ) -> Result<bool, Error> {
+    let span = trace::acquire_span("transaction", shared, ids.len());
+    let started = Instant::now();
+    let taken = take_xact(conn, ids, shared, patience)
+        .instrument(span.clone())
+        .await;
+    // A transaction-level wait does not report whether it waited.
+    trace::acquired(&span, started, taken.as_ref().map(|&t| t.then_some(false)));
+    taken
+}
+
+async fn take_xact(
+    conn: &mut PgConnection,
+    ids: &[LockId],
+    shared: bool,
+    patience: Patience,
+) -> Result<bool, Error> {
     if !conn.is_in_transaction() {
-        return Err(Error::NotInTransaction);
+        return Err(trace::refused(Error::NotInTransaction));
     }
     if let [id] = ids {
         let taken: bool = bind_id!(sqlx::query_scalar(sql::try_xact_one(*id, shared)), *id)
@@ -315,6 +351,20 @@ pub(crate) async fn acquire_xact(
 /// trip. [`Error::Lost`] when the server answers that the session no longer
 /// held some id.
 pub(crate) async fn release(
+    conn: &mut PgConnection,
+    ids: &[LockId],
+    shared: bool,
+    token: i32,
+) -> Result<(), Error> {
+    let span = trace::release_span(shared, ids.len());
+    let released = unlock(conn, ids, shared, token)
+        .instrument(span.clone())
+        .await;
+    trace::released(&span, &released);
+    released
+}
+
+async fn unlock(
     conn: &mut PgConnection,
     ids: &[LockId],
     shared: bool,
@@ -413,6 +463,7 @@ pub(crate) async fn held(
 /// Queues the release of a held hold, for `Drop`.
 pub(crate) fn release_on_drop(conn: &mut PgConnection, ids: &[LockId], shared: bool, token: i32) {
     if !ids.is_empty() {
+        tracing::debug!(ids = ids.len(), "alock: release queued on the connection");
         pending::queue(conn, sql::release_recorded(ids, shared, token));
     }
 }

@@ -7,12 +7,12 @@
 //!   create functions, and from `Drop`, as anonymous `DO` blocks.
 //! - A single id that is free costs one plain statement ([`lock_one`],
 //!   [`unlock_one`], [`try_xact_one`]), what hand-written SQL costs.
-//! - Every session-level hold carries a token: a shared lock on
-//!   `(TOKEN_NAMESPACE, token)`, taken in the same uninterruptible step as
-//!   the ids and released with them. Whether the session holds the token is
-//!   the one record of whether a statement took its ids; a session-level
-//!   lock survives the abort of the statement that took it, so the record
-//!   does too.
+//! - Every id of a session-level hold has a record: a shared lock on
+//!   `(TOKEN_NAMESPACE + position, token)`, taken and released in the same
+//!   statement as the id. Whether the session holds a record is the one
+//!   record of whether a statement took that id; a session-level lock
+//!   survives the abort of the statement that took it, so the record does
+//!   too.
 //!
 //! Values never become SQL text except as integer literals written by Rust.
 
@@ -20,7 +20,8 @@ use std::fmt::Write as _;
 
 use crate::LockId;
 
-/// The first key of every token, in the int4-pair key space.
+/// The first key of every record, less its position, in the int4-pair key
+/// space: the bytes of "aloc".
 pub(crate) const TOKEN_NAMESPACE: i32 = 1_634_496_355;
 
 /// The first half of the record of a single id, [`TOKEN_NAMESPACE`] + 1, as
