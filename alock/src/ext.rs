@@ -37,7 +37,8 @@ mod sealed {
 ///
 /// # Examples
 ///
-/// ```no_run
+#[cfg_attr(feature = "derive", doc = "```no_run")]
+#[cfg_attr(not(feature = "derive"), doc = "```ignore")]
 /// use alock::prelude::*;
 ///
 /// #[derive(AdvisoryKey)]

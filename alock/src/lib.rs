@@ -25,7 +25,8 @@
 //!
 //! # Locking
 //!
-//! ```no_run
+#![cfg_attr(feature = "derive", doc = "```no_run")]
+#![cfg_attr(not(feature = "derive"), doc = "```ignore")]
 //! use alock::prelude::*;
 //!
 //! #[derive(AdvisoryKey)]
@@ -56,8 +57,8 @@
 //! - [`LockGuard`] holds session-level locks until released or dropped,
 //!   through a borrowed, owned or pooled connection.
 //! - [`ExclusiveLock`] and [`ShareLock`] are re-entrant lock objects over
-//!   many keys, which nest on one connection: the design of py-postgresql's
-//!   advisory locks.
+//!   many keys, which nest on one connection: the design of the advisory
+//!   locks of py-postgresql, where this crate began.
 //! - [`Error`] says what went wrong, typed.
 //!
 //! # Cancellation
@@ -118,7 +119,8 @@ pub use namespace::{
 };
 // END derive exports
 
-#[cfg(doctest)]
+/// The README's examples use the derive, a default feature.
+#[cfg(all(doctest, feature = "derive"))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
 

@@ -94,11 +94,11 @@ impl Mode for Shared {
 /// # Examples
 ///
 /// ```no_run
-/// use alock::ExclusiveLock;
+/// use alock::{ExclusiveLock, LockId};
 /// # async fn example(conn: &mut sqlx::PgConnection) -> Result<(), alock::Error> {
 /// let table1_oid = 192842;
 /// let table2_oid = 192849;
-/// let mut lock = ExclusiveLock::new(conn, [(table1_oid, 0), (table2_oid, 0)]);
+/// let mut lock = ExclusiveLock::new(conn, [LockId::pair(table1_oid, 0), LockId::pair(table2_oid, 0)]);
 /// lock.acquire().await?;
 /// // ... both ids are held by this session ...
 /// lock.release().await?;
