@@ -3,10 +3,11 @@
 //! [`RoundTrips`] is a TCP proxy on loopback between a client and the server.
 //! It forwards bytes both ways unchanged and counts the client's `Sync` and
 //! simple `Query` messages: each one asks the server for a `ReadyForQuery`,
-//! so each is one round trip, however many statements it carries.
+//! so each is one round trip, however many statements it carries. It can
+//! also cut its connections the way a broken network does.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -16,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct RoundTrips {
     url: String,
     count: Arc<AtomicU64>,
+    cut: Arc<AtomicBool>,
 }
 
 impl RoundTrips {
@@ -34,14 +36,15 @@ impl RoundTrips {
             .expect("bind the proxy");
         let port = listener.local_addr().expect("proxy address").port();
         let count = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&count);
+        let cut = Arc::new(AtomicBool::new(false));
+        let (counter, cutter) = (Arc::clone(&count), Arc::clone(&cut));
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let upstream = upstream.clone();
-                let counter = Arc::clone(&counter);
+                let (counter, cutter) = (Arc::clone(&counter), Arc::clone(&cutter));
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(&upstream).await {
-                        relay(client, server, counter).await;
+                        relay(client, server, counter, cutter).await;
                     }
                 });
             }
@@ -51,6 +54,7 @@ impl RoundTrips {
         RoundTrips {
             url: format!("{prefix}@127.0.0.1:{port}/{path}{sep}sslmode=disable"),
             count,
+            cut,
         }
     }
 
@@ -63,9 +67,17 @@ impl RoundTrips {
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::SeqCst)
     }
+
+    /// Cuts every connection through the proxy the way a broken network
+    /// does: from now on bytes are dropped both ways and no socket is
+    /// closed, so neither end hears anything until its own timeouts fire.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
 }
 
-async fn relay(client: TcpStream, server: TcpStream, count: Arc<AtomicU64>) {
+async fn relay(client: TcpStream, server: TcpStream, count: Arc<AtomicU64>, cut: Arc<AtomicBool>) {
+    let cut_down = Arc::clone(&cut);
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let upstream = async move {
@@ -79,14 +91,29 @@ async fn relay(client: TcpStream, server: TcpStream, count: Arc<AtomicU64>) {
             // Counted before forwarding, so a test that reads the count
             // after its call returns has seen every message of that call.
             count.fetch_add(parser.feed(&buf[..n]), Ordering::SeqCst);
-            if server_write.write_all(&buf[..n]).await.is_err() {
+            if !cut.load(Ordering::SeqCst) && server_write.write_all(&buf[..n]).await.is_err() {
                 break;
             }
+        }
+        if cut.load(Ordering::SeqCst) {
+            // A broken network carries no close either: the server's end
+            // stays open as long as the proxy runs.
+            std::future::pending::<()>().await;
         }
         let _ = server_write.shutdown().await;
     };
     let downstream = async move {
-        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+        let mut buf = vec![0_u8; 64 * 1024];
+        loop {
+            let n = match server_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if !cut_down.load(Ordering::SeqCst) && client_write.write_all(&buf[..n]).await.is_err()
+            {
+                break;
+            }
+        }
         let _ = client_write.shutdown().await;
     };
     tokio::join!(upstream, downstream);

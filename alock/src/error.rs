@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::KeyError;
+use crate::{KeyError, LostCause};
 
 /// Everything that can go wrong while taking, releasing or inspecting a lock.
 ///
@@ -131,6 +131,12 @@ pub enum Error {
         /// The backend pid of the session that answered now.
         now: i32,
     },
+
+    /// The lease was lost before this call, for the reason given: its
+    /// connection is closed, and the server has freed, or will free, what
+    /// its session held.
+    #[error("the lease was lost: {0}")]
+    LeaseLost(LostCause),
 
     /// Any other error from sqlx.
     #[error(transparent)]
@@ -298,6 +304,7 @@ impl sqlx::error::DatabaseError for Error {
             Error::InvalidKeys(_) => "the keys name no advisory lock",
             Error::TimeoutTooLong(_) => "the lock timeout is too long",
             Error::SessionChanged { .. } => "the connection now runs on another server session",
+            Error::LeaseLost(_) => "the lease was lost",
             Error::Database(_) => "the database call failed",
         }
     }

@@ -9,7 +9,7 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use crate::guard::{GuardConnection, LockGuard};
 use crate::key;
 use crate::protocol::{self, Patience};
-use crate::{AdvisoryKeys, Error, LockId};
+use crate::{AdvisoryKeys, Error, Lease, LockId};
 
 mod sealed {
     pub trait Connection {}
@@ -724,6 +724,37 @@ pub trait PoolAdvisoryLockExt: sealed::Pool {
         F: AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
         E: From<Error>;
 
+    /// Checks out a connection of its own and takes `keys` exclusively
+    /// through it as a [`Lease`], checked every [`DEFAULT_CHECK_EVERY`](crate::DEFAULT_CHECK_EVERY)
+    /// (see [`Lease::options`] for another interval), which notices when
+    /// the lock is lost.
+    ///
+    /// # Errors
+    ///
+    /// As for [`lock_exclusive`](Self::lock_exclusive).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`lock_exclusive`](Self::lock_exclusive).
+    fn lease_exclusive(
+        &self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<Lease, Error>> + Send + 'static;
+
+    /// As [`lease_exclusive`](Self::lease_exclusive), in shared mode.
+    ///
+    /// # Errors
+    ///
+    /// As for [`lease_exclusive`](Self::lease_exclusive).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`lock_exclusive`](Self::lock_exclusive).
+    fn lease_shared(
+        &self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<Lease, Error>> + Send + 'static;
+
     /// As [`with_exclusive`](Self::with_exclusive), in shared mode.
     ///
     /// # Errors
@@ -746,6 +777,22 @@ pub trait PoolAdvisoryLockExt: sealed::Pool {
 type PoolGuard = LockGuard<PoolConnection<Postgres>>;
 
 impl PoolAdvisoryLockExt for PgPool {
+    fn lease_exclusive(
+        &self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<Lease, Error>> + Send + 'static {
+        let (pool, ids) = (self.clone(), key::ids_of(&keys));
+        async move { pool_lease(pool, ids?, false).await }
+    }
+
+    fn lease_shared(
+        &self,
+        keys: impl AdvisoryKeys,
+    ) -> impl Future<Output = Result<Lease, Error>> + Send + 'static {
+        let (pool, ids) = (self.clone(), key::ids_of(&keys));
+        async move { pool_lease(pool, ids?, true).await }
+    }
+
     fn lock_exclusive(
         &self,
         keys: impl AdvisoryKeys,
@@ -832,6 +879,14 @@ impl PoolAdvisoryLockExt for PgPool {
             let conn = pool.acquire().await.map_err(Error::from)?;
             with_lock(conn, ids.map_err(Error::from)?, true, f).await
         }
+    }
+}
+
+async fn pool_lease(pool: PgPool, ids: Vec<LockId>, shared: bool) -> Result<Lease, Error> {
+    if shared {
+        Lease::options().shared(&pool, ids).await
+    } else {
+        Lease::options().exclusive(&pool, ids).await
     }
 }
 

@@ -212,6 +212,21 @@ impl<C: GuardConnection> LockGuard<C> {
         }
     }
 
+    /// Whether the session still holds every id, with errors as they are:
+    /// a lost connection is an error here.
+    pub(crate) async fn check(&mut self) -> Result<bool, Error> {
+        let conn = self.conn.as_mut().expect(CONN).as_mut();
+        protocol::held(conn, &self.ids, self.shared, Some(self.hold.pid)).await
+    }
+
+    /// Closes a connection the guard owns, with whatever its session holds,
+    /// instead of returning it to a pool.
+    pub(crate) fn close_connection(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.close_when_dropped();
+        }
+    }
+
     /// Keeps the ids held by the session, on purpose, and hands back the
     /// connection. The ids stay held until released by hand or the session
     /// ends, even when a pooled connection goes back to its pool.

@@ -93,6 +93,7 @@ mod error;
 mod ext;
 mod guard;
 mod key;
+mod lease;
 mod lock;
 mod namespace;
 mod pending;
@@ -105,6 +106,7 @@ pub use error::{Error, ServerError};
 pub use ext::{AdvisoryLockExt, PoolAdvisoryLockExt};
 pub use guard::{GuardConnection, LockGuard};
 pub use key::{AdvisoryKey, AdvisoryKeys, KeyError, LockId};
+pub use lease::{DEFAULT_CHECK_EVERY, Lease, LeaseOptions, LeaseWatch, LostCause};
 pub use lock::{AdvisoryLock, Exclusive, ExclusiveLock, Mode, ShareLock, Shared};
 pub use session::prepare_session;
 // BEGIN derive exports (owned by the derive work)

@@ -82,9 +82,14 @@ pub(crate) struct Hold {
 /// A fresh token: random, so that neither a process nor a session handed
 /// from process to process by a pooler repeats one that may still be held.
 fn new_token() -> i32 {
+    random() as i32
+}
+
+/// 64 random bits, from the standard library's per-map random keys.
+pub(crate) fn random() -> u64 {
     let mut hasher = RandomState::new().build_hasher();
     hasher.write_u8(0);
-    hasher.finish() as i32
+    hasher.finish()
 }
 
 /// Takes every id at session level, in order, all or nothing; `None` when
