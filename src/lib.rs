@@ -7,6 +7,9 @@
 //! loopback port. A watchdog process stops the server and removes the directory
 //! when this process exits, however it exits. Run as root, the server runs as
 //! the `postgres` user (or `nobody`), since PostgreSQL refuses to run as root.
+//!
+//! [`pgbouncer_url`] puts a real PgBouncer, in each pool mode, in front of
+//! that server.
 #![forbid(unsafe_code)]
 
 use std::fs;
@@ -20,7 +23,9 @@ use std::time::{Duration, Instant};
 use alock::LockId;
 
 pub mod model;
+mod pgbouncer;
 mod wire;
+pub use pgbouncer::{PoolMode, pgbouncer_url};
 use sqlx::{Connection, PgConnection};
 pub use wire::RoundTrips;
 
