@@ -8,11 +8,11 @@
 //! server's user (`auth_type = any`: the client's user name and password are
 //! ignored). The transaction and statement pools are smaller than the number
 //! of clients the tests open, so that clients really share server sessions.
-//! Every server session is reset with `DISCARD ALL` whenever it goes back to
-//! its pool (`server_reset_query_always`), in every mode: PgBouncer 1.18
-//! keeps no prepared statements in transaction mode, and without the reset
-//! the statements sqlx prepares inside a transaction stay on the server
-//! session for the next client to collide with.
+//! Its settings are PgBouncer's defaults otherwise: a session-mode server
+//! session is reset with `DISCARD ALL` when its client leaves, and nothing
+//! is reset between transactions in transaction mode, so what a client
+//! leaves on a server session (a prepared statement, a session-level lock)
+//! stays there for the next client.
 //! The server's watchdog stops it when this process exits, however it exits.
 //! Run as root, it runs as the same user as the server, since PgBouncer
 //! refuses to run as root.
@@ -186,12 +186,9 @@ impl PgBouncer {
                  ignore_startup_parameters = extra_float_digits\n\
                  ; a waiter must not sit silently in PgBouncer's queue longer than a test may run\n\
                  query_wait_timeout = 30\n\
-                 ; PgBouncer before 1.21 leaves the statements sqlx prepares in a transaction\n\
-                 ; on the server session, where the next client collides with them\n\
-                 ; (prepared statement sqlx_s_1 already exists): reset every session\n\
-                 ; when it goes back to the pool, in every mode\n\
+                 ; PgBouncer's defaults otherwise: DISCARD ALL when a session-mode\n\
+                 ; client leaves, no reset between transactions\n\
                  server_reset_query = DISCARD ALL\n\
-                 server_reset_query_always = 1\n\
                  log_connections = 0\n\
                  log_disconnections = 0\n"
             ),

@@ -4,12 +4,10 @@
 //! session, never through the pooler.
 //!
 //! Transaction mode runs a client's transactions on whichever server
-//! session is free, so a client connects with `statement_cache_capacity(0)`:
-//! PgBouncer 1.18 keeps no prepared statements, and a statement sqlx cached
-//! in one transaction is missing from the server session of the next. The
-//! harness's PgBouncer resets every server session when it goes back to the
-//! pool (`server_reset_query_always`), so that no client finds another's
-//! statements; see `src/pgbouncer.rs`.
+//! session is free, and PgBouncer 1.18 keeps no prepared statements there:
+//! a client runs its parameterised queries inside transactions as unnamed
+//! statements (`.persistent(false)`), and plain SQL (`sqlx::raw_sql`)
+//! outside them. alock's transaction-level locks prepare nothing.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -28,7 +26,7 @@ fn through(mode: PoolMode) -> Option<PgConnectOptions> {
     let options = PgConnectOptions::from_str(pgbouncer_url(mode)?).expect("pgbouncer URL");
     Some(match mode {
         PoolMode::Session => options,
-        PoolMode::Transaction | PoolMode::Statement => options.statement_cache_capacity(0),
+        PoolMode::Transaction | PoolMode::Statement => options,
     })
 }
 
@@ -54,6 +52,17 @@ async fn any_row(observer: &mut PgConnection, pid: i32, id: LockId) -> bool {
     .fetch_one(observer)
     .await
     .expect("read pg_locks")
+}
+
+/// The server session a statement through the pooler runs on: plain SQL,
+/// which needs no prepared statement.
+async fn server_pid(conn: &mut PgConnection) -> i32 {
+    use sqlx::Row;
+    let row = sqlx::raw_sql("SELECT pg_backend_pid()")
+        .fetch_one(conn)
+        .await
+        .expect("pid through the pooler");
+    row.get(0)
 }
 
 /// A table of the test's own, named after one of its keys.
@@ -109,15 +118,17 @@ async fn transaction_locks_lose_no_update_under_load_through_transaction_mode() 
                 let mut servers = std::collections::HashSet::new();
                 for _ in 0..ROUNDS {
                     let mut tx = conn.begin_locked_exclusive(key).await.unwrap();
-                    servers.insert(backend_pid(&mut tx).await);
+                    servers.insert(server_pid(&mut tx).await);
                     let n: i64 =
                         sqlx::query_scalar(AssertSqlSafe(format!("SELECT n FROM {table}")))
+                            .persistent(false)
                             .fetch_one(&mut *tx)
                             .await
                             .unwrap();
                     // Another client that ignored the lock would write in this gap.
                     tokio::task::yield_now().await;
                     sqlx::query(AssertSqlSafe(format!("UPDATE {table} SET n = $1")))
+                        .persistent(false)
                         .bind(n + 1)
                         .execute(&mut *tx)
                         .await
@@ -162,13 +173,13 @@ async fn several_ids_are_all_or_nothing_through_transaction_mode() {
     assert!(!tx.try_xact_lock_exclusive([a, b, c]).await.unwrap());
     // Checked while the transaction is still open: nothing was kept.
     assert!(is_free(a).await && is_free(c).await);
-    assert_answers(&mut tx, "the transaction after a busy try").await;
+    answers_simple_queries(&mut tx, "the transaction after a busy try").await;
     tx.commit().await.unwrap();
 
     unlock_all(&mut holder).await;
     let mut tx = conn.begin().await.unwrap();
     assert!(tx.try_xact_lock_exclusive([a, b, c]).await.unwrap());
-    let pid = backend_pid(&mut tx).await;
+    let pid = server_pid(&mut tx).await;
     let mut observer = connect().await;
     for id in [a, b, c] {
         assert_eq!(held(&mut observer, pid, id).await, Held::Exclusive);
@@ -195,13 +206,13 @@ async fn a_timed_out_acquire_leaves_the_transaction_usable_through_transaction_m
             .unwrap()
     );
     assert!(started.elapsed() >= Duration::from_millis(100));
-    assert_answers(&mut tx, "the transaction after a timed-out acquire").await;
+    answers_simple_queries(&mut tx, "the transaction after a timed-out acquire").await;
     assert!(
         tx.xact_lock_shared_timeout(free, Duration::from_millis(100))
             .await
             .unwrap()
     );
-    let pid = backend_pid(&mut tx).await;
+    let pid = server_pid(&mut tx).await;
     assert_eq!(held(&mut observer, pid, free).await, Held::Shared);
     assert!(!any_row(&mut observer, pid, busy).await);
     tx.commit().await.unwrap();
@@ -221,7 +232,7 @@ async fn a_dropped_wait_rolls_back_and_keeps_nothing_through_transaction_mode() 
     let table = own_table(&mut observer, id).await;
 
     let mut tx = conn.begin().await.unwrap();
-    let pid = backend_pid(&mut tx).await;
+    let pid = server_pid(&mut tx).await;
     sqlx::raw_sql(AssertSqlSafe(format!("INSERT INTO {table} VALUES (1)")))
         .execute(&mut *tx)
         .await
@@ -247,7 +258,7 @@ async fn a_dropped_wait_rolls_back_and_keeps_nothing_through_transaction_mode() 
     assert!(is_free(id).await);
 
     let mut tx = conn.begin_locked_shared(id).await.unwrap();
-    let pid = backend_pid(&mut tx).await;
+    let pid = server_pid(&mut tx).await;
     assert_eq!(held(&mut observer, pid, id).await, Held::Shared);
     tx.rollback().await.unwrap();
     assert!(is_free(id).await);
@@ -383,4 +394,119 @@ async fn transactions_are_refused_through_statement_mode() {
         "unexpected error: {error:?}"
     );
     assert!(is_free(id).await);
+}
+
+/// The server sessions that hold `id` in `pg_locks`, from a direct session.
+async fn holders(observer: &mut PgConnection, id: LockId) -> Vec<i32> {
+    let (classid, objid, objsubid) = id.pg_locks_row();
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_locks
+          WHERE locktype = 'advisory' AND granted
+            AND classid::int8 = $1 AND objid::int8 = $2 AND objsubid = $3",
+    )
+    .bind(i64::from(classid))
+    .bind(i64::from(objid))
+    .bind(objsubid)
+    .fetch_all(observer)
+    .await
+    .expect("read pg_locks")
+}
+
+/// Keeps the server session `pid` busy in a transaction through the pooler,
+/// so that the client's next statement runs on another one; `None` when the
+/// pooler handed this client another session first.
+async fn occupy(options: &PgConnectOptions, pid: i32) -> Option<PgConnection> {
+    for _ in 0..20 {
+        let mut other = client(options).await;
+        sqlx::raw_sql("BEGIN").execute(&mut other).await.unwrap();
+        if server_pid(&mut other).await == pid {
+            return Some(other);
+        }
+        sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
+    }
+    None
+}
+
+/// A session-level lock through a transaction-mode pooler: its release and
+/// its check land on another server session, say so with a typed error and
+/// never report success; the lock stays with the session that took it.
+#[tokio::test]
+async fn session_locks_report_the_changed_session_through_transaction_mode() {
+    let Some(options) = through(PoolMode::Transaction) else {
+        return;
+    };
+    let id = unique_key();
+    let mut observer = connect().await;
+    let mut conn = client(&options).await;
+    let guard = match conn.lock_exclusive(id).await {
+        Ok(guard) => guard,
+        // The pooler ran the call on another session than the one that
+        // created its functions: refused, typed, nothing held.
+        Err(alock::Error::SessionChanged { .. }) => {
+            assert!(holders(&mut observer, id).await.is_empty());
+            return;
+        }
+        Err(e) => panic!("{e:?}"),
+    };
+    let [took] = holders(&mut observer, id).await[..] else {
+        panic!("one session holds the lock")
+    };
+    let Some(mut other) = occupy(&options, took).await else {
+        eprintln!("the pooler never handed out session {took}; nothing to check");
+        return;
+    };
+    let mut guard = guard;
+    let checked = guard.held_on_server().await;
+    assert!(
+        matches!(checked, Err(alock::Error::SessionChanged { took: t, .. }) if t == took),
+        "{checked:?}"
+    );
+    let released = guard.release().await;
+    assert!(
+        matches!(released, Err(alock::Error::SessionChanged { took: t, .. }) if t == took),
+        "{released:?}"
+    );
+    assert_eq!(
+        holders(&mut observer, id).await,
+        [took],
+        "nothing was released elsewhere"
+    );
+    sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
+}
+
+/// A lease through a transaction-mode pooler is lost as soon as a check
+/// lands on another server session.
+#[tokio::test]
+async fn a_lease_check_reports_the_changed_session_through_transaction_mode() {
+    let Some(options) = through(PoolMode::Transaction) else {
+        return;
+    };
+    let id = unique_key();
+    let mut observer = connect().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.clone())
+        .await
+        .unwrap();
+    let lease = match alock::Lease::options()
+        .check_every(Duration::from_millis(200))
+        .exclusive(&pool, id)
+        .await
+    {
+        Ok(lease) => lease,
+        Err(alock::Error::SessionChanged { .. }) => return,
+        Err(e) => panic!("{e:?}"),
+    };
+    let [took] = holders(&mut observer, id).await[..] else {
+        panic!("one session holds the lease")
+    };
+    let Some(mut other) = occupy(&options, took).await else {
+        eprintln!("the pooler never handed out session {took}; nothing to check");
+        return;
+    };
+    let cause = tokio::time::timeout(Duration::from_secs(10), lease.lost())
+        .await
+        .expect("the check notices");
+    assert_eq!(cause, alock::LostCause::SessionChanged);
+    sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
 }

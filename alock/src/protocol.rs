@@ -138,8 +138,7 @@ async fn take_session(
             waited_ms,
             token,
         )
-        .await
-        .map_err(Error::from_sqlx);
+        .await;
         // A statement that failed as a whole may have taken the ids before
         // it failed: the flight stays armed, and its release is queued.
         let outcome = match outcome {
@@ -181,7 +180,7 @@ async fn run_acquire(
     wait_ms: i64,
     waited_ms: i64,
     token: i32,
-) -> Result<(String, i32), sqlx::Error> {
+) -> Result<(String, i32), Error> {
     let call = async |conn: &mut PgConnection| match ids {
         [id] => {
             bind_id!(sqlx::query_as(sql::lock_one(*id, shared)), *id)
@@ -207,12 +206,15 @@ async fn run_acquire(
     };
     match call(&mut *conn).await {
         Err(e) if session::missing(&e) => {}
-        answered => return answered,
+        answered => return answered.map_err(Error::from_sqlx),
     }
-    if session::create(conn).await? {
-        call(conn).await
-    } else {
-        block(conn, ids, shared, false, wait_ms, waited_ms, token).await
+    let Some(created) = session::create(conn).await.map_err(Error::from_sqlx)? else {
+        let fallback = block(conn, ids, shared, false, wait_ms, waited_ms, token).await;
+        return fallback.map_err(Error::from_sqlx);
+    };
+    match call(&mut *conn).await {
+        Err(e) if session::missing(&e) => Err(session::moved(conn, created).await),
+        answered => answered.map_err(Error::from_sqlx),
     }
 }
 
@@ -320,9 +322,10 @@ async fn take_xact(
         return Err(trace::refused(Error::NotInTransaction));
     }
     if let [id] = ids {
-        let taken: bool = bind_id!(sqlx::query_scalar(sql::try_xact_one(*id, shared)), *id)
+        let tried = sqlx::raw_sql(AssertSqlSafe(sql::try_xact_one(*id, shared)))
             .fetch_one(&mut *conn)
             .await?;
+        let taken: bool = tried.try_get(0)?;
         if taken || matches!(patience, Patience::None) {
             return Ok(taken);
         }
@@ -380,7 +383,8 @@ async fn unlock(
             .await
             .map(|(held, _record, pid): (Option<bool>, Option<bool>, i32)| {
                 (held.map(|held| usize::from(!held)), pid)
-            }),
+            })
+            .map_err(|e| Error::from_sqlx_during(e, RELEASING)),
         _ => release_many(flight.conn, ids, shared, hold).await,
     };
     let missing = match missing {
@@ -394,11 +398,20 @@ async fn unlock(
                 now,
             });
         }
-        Err(e) => {
-            let error = Error::from_sqlx_during(e, RELEASING);
+        Err(Error::Database(e)) if session::statements_mixed(&e) => {
+            // The statement never ran: a pooler gave its parts to
+            // different sessions.
+            flight.disarm();
+            return Err(session::moved(flight.conn, hold.pid).await);
+        }
+        Err(error) => {
             // In a failed transaction nothing can run until it ends; the
             // ids stay held, and the caller keeps them to release later.
-            if matches!(error, Error::InFailedTransaction(_)) || error.is_connection_lost() {
+            if matches!(
+                error,
+                Error::InFailedTransaction(_) | Error::SessionChanged { .. }
+            ) || error.is_connection_lost()
+            {
                 flight.disarm();
             }
             return Err(error);
@@ -421,7 +434,7 @@ async fn release_many(
     ids: &[LockId],
     shared: bool,
     hold: Hold,
-) -> Result<(Option<usize>, i32), sqlx::Error> {
+) -> Result<(Option<usize>, i32), Error> {
     let call = async |conn: &mut PgConnection| {
         let (k, a, b) = arrays(ids.iter());
         sqlx::query_as(sql::RELEASE_MANY)
@@ -437,16 +450,23 @@ async fn release_many(
                 (missing.map(|m| usize::try_from(m).unwrap_or(0)), pid)
             })
     };
+    let released = |e| Error::from_sqlx_during(e, RELEASING);
     match call(&mut *conn).await {
         Err(e) if !conn.is_in_transaction() && session::missing(&e) => {}
-        answered => return answered,
+        answered => return answered.map_err(released),
     }
-    if session::create(conn).await? {
-        return call(conn).await;
+    if let Some(created) = session::create(conn).await.map_err(released)? {
+        return match call(&mut *conn).await {
+            Err(e) if session::missing(&e) => Err(session::moved(conn, created).await),
+            answered => answered.map_err(released),
+        };
     }
     let text = sql::release_block(ids, shared, hold.token, hold.pid);
-    let row = sqlx::raw_sql(AssertSqlSafe(text)).fetch_one(conn).await?;
-    let (missing, pid): (String, i32) = (row.try_get(0)?, row.try_get(1)?);
+    let answer = async {
+        let row = sqlx::raw_sql(AssertSqlSafe(text)).fetch_one(conn).await?;
+        Ok::<_, sqlx::Error>((row.try_get::<String, _>(0)?, row.try_get(1)?))
+    };
+    let (missing, pid) = answer.await.map_err(released)?;
     Ok((missing.parse().ok(), pid))
 }
 
@@ -467,9 +487,14 @@ pub(crate) async fn held(
         .bind(rows.iter().map(|r| i64::from(r.1)).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
         .bind(sql::pg_locks_mode(shared))
-        .fetch_one(conn)
-        .await
-        .map_err(Error::from_sqlx);
+        .fetch_one(&mut *conn)
+        .await;
+    let answer = match (answer, took) {
+        (Err(e), Some(took)) if session::statements_mixed(&e) => {
+            return Err(session::moved(conn, took).await);
+        }
+        (answer, _) => answer.map_err(Error::from_sqlx),
+    };
     match (answer?, took) {
         ((_, now), Some(took)) if now != took => Err(Error::SessionChanged { took, now }),
         ((count, _), _) => Ok(count == rows.len() as i64),

@@ -7,7 +7,7 @@
 //! as an anonymous block instead. Nothing is remembered between calls: the
 //! server is asked each time.
 
-use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, Row};
 
 use crate::sql;
 
@@ -16,16 +16,36 @@ pub(crate) fn missing(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(e) if matches!(e.code().as_deref(), Some("42883" | "3F000")))
 }
 
-/// Creates the session's functions: one simple query. `Ok(false)` when the
-/// server refuses (a read-only session, a role without `TEMP`).
-pub(crate) async fn create(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
-    match conn
-        .execute(sqlx::raw_sql(AssertSqlSafe(sql::create_functions())))
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(sqlx::Error::Database(_)) => Ok(false),
+/// Creates the session's functions: one simple query, which answers the
+/// session's pid. `Ok(None)` when the server refuses (a read-only session, a
+/// role without `TEMP`).
+pub(crate) async fn create(conn: &mut PgConnection) -> Result<Option<i32>, sqlx::Error> {
+    let create = format!("{} SELECT pg_backend_pid()", sql::create_functions());
+    match conn.fetch_one(sqlx::raw_sql(AssertSqlSafe(create))).await {
+        Ok(row) => Ok(Some(row.try_get(0)?)),
+        Err(sqlx::Error::Database(_)) => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// Whether `error` says that a statement's parts ran on different server
+/// sessions, or met another client's statement there, as behind a
+/// transaction-mode pooler that keeps no prepared statements: its prepared
+/// statement is missing (26000) or already exists (42P05).
+pub(crate) fn statements_mixed(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if matches!(e.code().as_deref(), Some("26000" | "42P05")))
+}
+
+/// The error for functions that vanished between their creation, on the
+/// session with pid `took`, and the call that needed them: the statements
+/// ran on different sessions, as behind a transaction-mode pooler.
+pub(crate) async fn moved(conn: &mut PgConnection, took: i32) -> crate::Error {
+    let now = sqlx::raw_sql("SELECT pg_backend_pid()")
+        .fetch_one(conn)
+        .await;
+    match now.and_then(|row| row.try_get(0)) {
+        Ok(now) => crate::Error::SessionChanged { took, now },
+        Err(e) => crate::Error::from_sqlx(e),
     }
 }
 
@@ -73,5 +93,6 @@ pub async fn prepare_session(conn: &mut PgConnection) -> Result<bool, crate::Err
     if conn.is_in_transaction() {
         return Ok(false);
     }
-    create(conn).await.map_err(crate::Error::from_sqlx)
+    let created = create(conn).await.map_err(crate::Error::from_sqlx)?;
+    Ok(created.is_some())
 }

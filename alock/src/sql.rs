@@ -7,6 +7,9 @@
 //!   create functions, and from `Drop`, as anonymous `DO` blocks.
 //! - A single id that is free costs one plain statement ([`lock_one`],
 //!   [`unlock_one`], [`try_xact_one`]), what hand-written SQL costs.
+//! - At transaction level nothing is prepared: [`try_xact_one`] and the
+//!   anonymous block are simple queries, which run whole on the session of
+//!   their transaction, behind a transaction-mode pooler too.
 //! - Every id of a session-level hold has a record: a shared lock on
 //!   `(TOKEN_NAMESPACE + position, token)`, taken and released in the same
 //!   statement as the id. Whether the session holds a record is the one
@@ -327,13 +330,18 @@ pub(crate) const fn unlock_one(id: LockId, shared: bool) -> &'static str {
     }
 }
 
-/// Tries one id at transaction level. Bind: the key(s). 1 round trip.
-pub(crate) const fn try_xact_one(id: LockId, shared: bool) -> &'static str {
-    match (id, shared) {
-        (LockId::Int8(_), false) => "SELECT pg_try_advisory_xact_lock($1)",
-        (LockId::Int8(_), true) => "SELECT pg_try_advisory_xact_lock_shared($1)",
-        (LockId::Int4Pair(..), false) => "SELECT pg_try_advisory_xact_lock($1, $2)",
-        (LockId::Int4Pair(..), true) => "SELECT pg_try_advisory_xact_lock_shared($1, $2)",
+/// Tries one id at transaction level: a simple query with the key(s)
+/// written in, so that it prepares nothing and runs whole on the session of
+/// its transaction, behind a pooler too. 1 round trip.
+pub(crate) fn try_xact_one(id: LockId, shared: bool) -> String {
+    let lock = if shared {
+        "pg_try_advisory_xact_lock_shared"
+    } else {
+        "pg_try_advisory_xact_lock"
+    };
+    match id {
+        LockId::Int8(key) => format!("SELECT {lock}('{key}'::int8)"),
+        LockId::Int4Pair(key1, key2) => format!("SELECT {lock}('{key1}'::int4, '{key2}'::int4)"),
     }
 }
 
@@ -483,6 +491,18 @@ mod tests {
         assert!(cleanup.contains("token int4 := -2147483648;"));
         assert!(cleanup.contains("objid::int8 = 2147483648 "));
         assert!(cleanup.contains("'{-9223372036854775808,9223372036854775807,NULL}'"));
+    }
+
+    #[test]
+    fn extreme_ids_are_quoted_in_a_transaction_try() {
+        assert_eq!(
+            try_xact_one(LockId::Int8(i64::MIN), false),
+            "SELECT pg_try_advisory_xact_lock('-9223372036854775808'::int8)"
+        );
+        assert_eq!(
+            try_xact_one(LockId::Int4Pair(i32::MIN, -1), true),
+            "SELECT pg_try_advisory_xact_lock_shared('-2147483648'::int4, '-1'::int4)"
+        );
     }
 
     #[test]
