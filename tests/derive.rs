@@ -4,7 +4,10 @@
 use std::marker::PhantomData;
 use std::num::NonZero;
 
-use alock::{AdvisoryKey, Int4Key, Int8Key, LockId, Namespaced, namespace};
+use alock::{
+    AdvisoryKey, Int4Key, Int8Key, Int8Namespaced, KeyError, KeySpace, KeyType, LockId, Namespaced,
+    namespace, namespace_tag,
+};
 use alock_dev::{Held, backend_pid, connect, held};
 
 #[derive(AdvisoryKey)]
@@ -302,7 +305,192 @@ fn derives_alongside_serde_clone_and_debug() {
     assert_eq!(copy.lock_id(), LockId::Int4Pair(namespace("serde"), -1));
 }
 
+#[derive(AdvisoryKey)]
+#[advisory_key(namespace = "jobs")]
+struct Jobs(i64);
+
+#[derive(AdvisoryKey)]
+#[advisory_key(namespace = "users")]
+struct Users {
+    #[advisory_key(id)]
+    id: i64,
+    #[allow(dead_code)]
+    name: String,
+}
+
+#[test]
+fn a_64_bit_id_under_a_namespace_is_an_int8_with_the_tag_in_the_high_16_bits() {
+    assert_eq!(Jobs::NAMESPACE_TAG, namespace_tag("jobs"));
+    assert_eq!(Jobs::NAMESPACE_TAG, 0xf47a);
+    assert_eq!(Users::NAMESPACE_TAG, 0x9b6f);
+    assert_eq!(
+        Jobs(5).lock_id(),
+        LockId::Int8(0xf47a_0000_0000_0005_u64 as i64)
+    );
+    assert_eq!(Jobs(5).lock_id(), LockId::tagged(0xf47a, 5).unwrap());
+    let user = Users {
+        id: 5,
+        name: String::new(),
+    };
+    assert_eq!(
+        user.lock_id(),
+        LockId::Int8(0x9b6f_0000_0000_0005_u64 as i64)
+    );
+    // The same id under two namespaces: two locks, not one.
+    assert_ne!(Jobs(5).lock_id(), user.lock_id());
+    assert_eq!(
+        Jobs(LockId::MAX_TAGGED_ID).lock_id().tag_and_id(),
+        Some((0xf47a, LockId::MAX_TAGGED_ID))
+    );
+    assert_eq!(
+        <Jobs as KeyType>::KEY_SPACE,
+        KeySpace::TaggedInt8 { tag: 0xf47a }
+    );
+    assert_eq!(<JobId as KeyType>::KEY_SPACE, KeySpace::Int8);
+    assert_eq!(
+        <Order as KeyType>::KEY_SPACE,
+        KeySpace::Int4Pair {
+            namespace: Order::NAMESPACE
+        }
+    );
+}
+
+#[test]
+fn an_id_out_of_48_bits_is_a_typed_error_not_another_namespace() {
+    for id in [-1, i64::MIN, LockId::MAX_TAGGED_ID + 1, i64::MAX] {
+        assert_eq!(
+            Jobs(id).checked_lock_id(),
+            Err(KeyError::IdOutOfRange {
+                key_type: "Jobs",
+                id
+            })
+        );
+    }
+    assert_eq!(Jobs(0).checked_lock_id(), Ok(LockId::Int8(0xf47a << 48)));
+}
+
+#[test]
+#[should_panic = "`Jobs` id -1 does not fit its namespaced int8 key"]
+fn lock_id_of_an_id_out_of_range_panics() {
+    Jobs(-1).lock_id();
+}
+
+#[derive(AdvisoryKey)]
+#[advisory_key(namespace = "nonzero jobs")]
+struct NonZeroJobs(NonZero<i64>);
+
+#[derive(AdvisoryKey)]
+#[advisory_key(namespace = "borrowed jobs")]
+struct BorrowedJobs<'a>(&'a i64);
+
+type JobPk = i64;
+
+/// An id the derive cannot see is 64-bit asks for the int8 key.
+#[derive(AdvisoryKey)]
+#[advisory_key(namespace = "aliased jobs", int8)]
+struct AliasedJobs(JobPk);
+
+#[derive(AdvisoryKey)]
+#[advisory_key(namespace = 65535)]
+struct TaggedByInt(i64);
+
+const JOB_TAG: u16 = 7;
+
+#[derive(AdvisoryKey)]
+#[advisory_key(namespace = JOB_TAG)]
+struct TaggedByConst(i64);
+
+#[test]
+fn namespaced_int8_ids_of_every_form() {
+    let id = NonZero::new(9).unwrap();
+    assert_eq!(
+        NonZeroJobs(id).lock_id(),
+        LockId::tagged(namespace_tag("nonzero jobs"), 9).unwrap()
+    );
+    assert_eq!(
+        BorrowedJobs(&9).lock_id(),
+        LockId::tagged(namespace_tag("borrowed jobs"), 9).unwrap()
+    );
+    assert_eq!(
+        AliasedJobs(9).lock_id(),
+        LockId::tagged(namespace_tag("aliased jobs"), 9).unwrap()
+    );
+    assert_eq!(TaggedByInt::NAMESPACE_TAG, u16::MAX);
+    assert_eq!(TaggedByInt(1).lock_id(), LockId::Int8((-1 << 48) | 1));
+    assert_eq!(TaggedByConst::NAMESPACE_TAG, 7);
+    assert_eq!(TaggedByConst(1).lock_id(), LockId::Int8(7 << 48 | 1));
+}
+
+mod consts {
+    pub const ORDERS_OID: u32 = 16_384;
+
+    pub mod nested {
+        pub const LEGACY: i64 = -5;
+    }
+}
+
+#[derive(AdvisoryKey)]
+#[advisory_key(namespace = consts::ORDERS_OID)]
+struct ByConst(i32);
+
+#[derive(AdvisoryKey)]
+#[advisory_key(namespace = consts::nested::LEGACY)]
+struct ByNestedConst(u16);
+
+#[derive(AdvisoryKey)]
+#[advisory_key(namespace = consts::ORDERS_OID)]
+struct GenericByConst<T>(#[advisory_key(id)] i32, PhantomData<T>);
+
+#[test]
+fn a_namespace_may_be_an_integer_constant_of_any_width_that_fits() {
+    assert_eq!(ByConst::NAMESPACE, 16_384);
+    assert_eq!(ByConst(3).lock_id(), LockId::pair(16_384, 3));
+    assert_eq!(ByNestedConst::NAMESPACE, -5);
+    assert_eq!(ByNestedConst(3).lock_id(), LockId::pair(-5, 3));
+    assert_eq!(
+        GenericByConst::<u8>(3, PhantomData).lock_id(),
+        LockId::pair(16_384, 3)
+    );
+}
+
+/// The derive names `alock` by the given path, as a crate that re-exports
+/// it under another name would.
+mod renamed {
+    pub use alock as locks;
+}
+
+mod no_alock_in_scope {
+    #[derive(alock::AdvisoryKey)]
+    #[advisory_key(namespace = "renamed", crate = "crate::renamed::locks")]
+    pub struct Renamed(pub i64);
+
+    #[derive(alock::AdvisoryKey)]
+    #[advisory_key(int8, crate = "::alock")]
+    pub struct Absolute(pub i32);
+}
+
+use no_alock_in_scope::{Absolute, Renamed};
+
+#[test]
+fn the_crate_path_is_used_for_every_generated_path() {
+    assert_eq!(
+        Renamed(1).lock_id(),
+        LockId::tagged(namespace_tag("renamed"), 1).unwrap()
+    );
+    assert_eq!(Absolute(-1).lock_id(), LockId::Int8(-1));
+}
+
 alock::assert_distinct_namespaces!(
+    Jobs,
+    Users,
+    NonZeroJobs,
+    BorrowedJobs<'static>,
+    AliasedJobs,
+    TaggedByInt,
+    TaggedByConst,
+    Renamed,
+    ByConst,
+    ByNestedConst,
     Order,
     Invoice,
     CustomerId,
@@ -321,7 +509,12 @@ alock::assert_distinct_namespaces!(
     FromMacroInt,
     Serialized,
     Shipment,
+    NamespacedShipment,
 );
+
+// A raw int8 key type spans the int8 key space but no int4 pair: it may be
+// listed with int4-pair types, as long as it is the only int8 type.
+alock::assert_distinct_namespaces!(JobId, Order, Invoice, CustomerId);
 
 /// Locked on the server below; its namespace hashes negative, so it cannot
 /// meet the `(process id, counter)` keys of the other tests.
@@ -446,4 +639,47 @@ async fn an_int8_key_shows_its_high_and_low_halves_in_pg_locks() {
         )]
     );
     assert_eq!(held(&mut observer, pid, id).await, Held::Shared);
+}
+
+/// Locked on the server below with alock's own calls.
+#[derive(AdvisoryKey)]
+#[advisory_key(namespace = "alock.tests.derive.shipments.int8")]
+struct NamespacedShipment(i64);
+
+#[tokio::test]
+async fn a_namespaced_int8_key_shows_its_tag_in_pg_locks_and_refuses_ids_out_of_range() {
+    use alock::prelude::*;
+
+    let mut session = connect().await;
+    let mut observer = connect().await;
+    let pid = backend_pid(&mut session).await;
+
+    let tag = NamespacedShipment::NAMESPACE_TAG;
+    let shipment = NamespacedShipment(i64::from(std::process::id()));
+    let id = shipment.lock_id();
+    let guard = session
+        .lock_exclusive(&shipment)
+        .await
+        .expect("lock the shipment");
+    // classid holds the tag in its high half and the id's bits 32..48 in its
+    // low half; objid the id's low 32 bits.
+    let (classid, objid, objsubid) = id.pg_locks_row();
+    assert_eq!(classid >> 16, u32::from(tag));
+    assert_eq!(objid, std::process::id());
+    assert_eq!(objsubid, 1);
+    assert_eq!(held(&mut observer, pid, id).await, Held::Exclusive);
+    guard.release().await.expect("release the shipment");
+    assert!(advisory_rows(&mut observer, pid).await.is_empty());
+
+    for bad in [-1, LockId::MAX_TAGGED_ID + 1] {
+        let refused = session.lock_exclusive(NamespacedShipment(bad)).await;
+        match refused {
+            Err(alock::Error::InvalidKeys(KeyError::IdOutOfRange { key_type, id })) => {
+                assert_eq!((key_type, id), ("NamespacedShipment", bad));
+            }
+            Err(other) => panic!("expected IdOutOfRange, got {other}"),
+            Ok(_) => panic!("an id out of range was locked"),
+        }
+    }
+    assert!(advisory_rows(&mut observer, pid).await.is_empty());
 }

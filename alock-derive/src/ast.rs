@@ -1,7 +1,7 @@
 //! A typed view of the derive input, borrowing the syn nodes, and the key
 //! shape that validation settles on.
 
-use syn::{Data, DeriveInput, Generics, Ident, LitStr, Member, Token, Type};
+use syn::{Data, DeriveInput, Generics, Ident, LitStr, Member, Path, Token, Type};
 
 use crate::attr::{self, Attrs, Position};
 use crate::ctxt::Errors;
@@ -32,14 +32,23 @@ pub(crate) enum Key<'a> {
         namespace: Namespace<'a>,
         id: &'a Field<'a>,
     },
+    /// `LockId::tagged(tag, id)`: the namespace's 16-bit tag, then a 48-bit
+    /// id.
+    TaggedInt8 {
+        namespace: Namespace<'a>,
+        id: &'a Field<'a>,
+    },
     /// `LockId::Int8(id)`.
     Int8 { id: &'a Field<'a> },
 }
 
-/// A namespace checked to fit an int4.
+/// A namespace, its literal checked to fit its key: an int4 for a pair, a
+/// 16-bit tag for an int8.
 pub(crate) enum Namespace<'a> {
     Name(&'a LitStr),
     Value(i32),
+    /// A path to a constant, range-checked by the compiler.
+    Const(&'a Path),
 }
 
 impl<'a> Input<'a> {

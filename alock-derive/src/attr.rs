@@ -3,7 +3,9 @@
 
 use proc_macro2::Group;
 use syn::meta::ParseNestedMeta;
-use syn::{Attribute, Expr, ExprLit, ExprUnary, Lit, LitInt, LitStr, Path, Token, UnOp, token};
+use syn::{
+    Attribute, Expr, ExprLit, ExprPath, ExprUnary, Lit, LitInt, LitStr, Path, Token, UnOp, token,
+};
 
 use crate::ctxt::Errors;
 
@@ -20,13 +22,20 @@ pub(crate) enum Position {
 pub(crate) struct Attrs {
     pub namespace: Option<Namespace>,
     pub int8: Option<Path>,
+    pub krate: Option<Crate>,
     pub id: Option<Path>,
     /// Some key was unknown or malformed; what it meant to say is unknown,
     /// so a "missing" error here would only repeat that one.
     pub malformed: bool,
 }
 
-/// `namespace = <literal>`.
+/// `crate = "path"`: where the generated code finds `alock`.
+pub(crate) struct Crate {
+    pub key: Path,
+    pub path: Path,
+}
+
+/// `namespace = <literal or path>`.
 pub(crate) struct Namespace {
     pub key: Path,
     pub value: NamespaceValue,
@@ -40,10 +49,13 @@ pub(crate) enum NamespaceValue {
         literal: Expr,
         value: Option<i128>,
     },
+    /// A path to a constant, range-checked by the compiler.
+    Const(Path),
 }
 
-const NAMESPACE_LITERAL: &str = "expected a string or integer literal, as in \
-     #[advisory_key(namespace = \"orders\")] or #[advisory_key(namespace = 192842)]";
+const NAMESPACE_LITERAL: &str = "expected a string, an integer literal or a path to an integer \
+     constant, as in #[advisory_key(namespace = \"orders\")], \
+     #[advisory_key(namespace = 192842)] or #[advisory_key(namespace = ORDERS_OID)]";
 
 pub(crate) fn get(attrs: &[Attribute], position: Position, errors: &mut Errors) -> Attrs {
     let mut found = Attrs::default();
@@ -89,6 +101,23 @@ fn parse_key(
             }
             Err(error) => errors.push(error),
         }
+    } else if key.is_ident("crate") {
+        if !meta.input.peek(Token![=]) {
+            skip_value(meta)?;
+            errors.push(meta.error("expected #[advisory_key(crate = \"...\")]"));
+            return Ok(());
+        }
+        let value: Expr = meta.value()?.parse()?;
+        match crate_path(&value) {
+            Ok(path) => {
+                let krate = Crate {
+                    key: key.clone(),
+                    path,
+                };
+                set_once(&mut found.krate, krate, key, errors);
+            }
+            Err(error) => errors.push(error),
+        }
     } else if key.is_ident("int8") || key.is_ident("id") {
         if meta.input.peek(Token![=]) || meta.input.peek(token::Paren) {
             skip_value(meta)?;
@@ -108,7 +137,8 @@ fn parse_key(
         skip_value(meta)?;
         let expected = match position {
             Position::Struct => {
-                "on a struct, write #[advisory_key(namespace = \"...\")] or #[advisory_key(int8)]"
+                "on a struct, write #[advisory_key(namespace = \"...\")], #[advisory_key(int8)] \
+                 or #[advisory_key(crate = \"...\")]"
             }
             Position::Field => "on a field, write #[advisory_key(id)]",
         };
@@ -140,9 +170,31 @@ fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
     Ok(())
 }
 
+/// The path in `crate = "path"`, a string as serde's `crate` takes it.
+fn crate_path(value: &Expr) -> syn::Result<Path> {
+    let message =
+        "expected the path to alock as a string, as in #[advisory_key(crate = \"::alock\")]";
+    match value {
+        Expr::Group(group) => crate_path(&group.expr),
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(path),
+            ..
+        }) => path
+            .parse()
+            .map_err(|_| syn::Error::new_spanned(path, message)),
+        _ => Err(syn::Error::new_spanned(value, message)),
+    }
+}
+
 fn namespace_value(literal: Expr) -> syn::Result<NamespaceValue> {
     match &literal {
         Expr::Group(group) => namespace_value((*group.expr).clone()),
+        Expr::Path(ExprPath {
+            attrs,
+            qself: None,
+            path,
+            ..
+        }) if attrs.is_empty() => Ok(NamespaceValue::Const(path.clone())),
         Expr::Lit(ExprLit {
             lit: Lit::Str(name),
             ..
@@ -175,7 +227,10 @@ fn int_value(int: &LitInt) -> syn::Result<Option<i128>> {
         "" | "i32" => Ok(int.base10_parse().ok()),
         suffix => Err(syn::Error::new_spanned(
             int,
-            format!("a namespace is an int4 (i32); drop the `{suffix}` suffix"),
+            format!(
+                "an integer namespace is checked against its key's range, not typed; \
+                 drop the `{suffix}` suffix"
+            ),
         )),
     }
 }

@@ -2,7 +2,7 @@
 //! runs even after another failed, so all independent mistakes show at once.
 
 use quote::ToTokens;
-use syn::{Ident, Member};
+use syn::{GenericArgument, Ident, Member, PathArguments, Type, TypePath};
 
 use crate::ast::{Body, Field, Input, Key, Namespace};
 use crate::attr::{Attrs, NamespaceValue};
@@ -17,13 +17,20 @@ impl<'a> Input<'a> {
             Body::Enum(token) => return not_a_struct(token, "enums", errors),
             Body::Union(token) => return not_a_struct(token, "unions", errors),
         };
-        let space = key_space(self, errors);
+        // The id's type decides the key space, but the struct's mistakes
+        // read best before the fields'.
+        let mut id_errors = Errors::default();
+        let id = id_field(self.ident, fields, &mut id_errors);
+        let space = key_space(self, id, errors);
         for field in fields {
             check_field_attrs(&field.attrs, errors);
         }
-        let id = id_field(self.ident, fields, errors);
+        if let Err(error) = id_errors.finish() {
+            errors.push(error);
+        }
         Some(match (space?, id?) {
-            (Space::Namespace(namespace), id) => Key::Int4Pair { namespace, id },
+            (Space::Int4Pair(namespace), id) => Key::Int4Pair { namespace, id },
+            (Space::TaggedInt8(namespace), id) => Key::TaggedInt8 { namespace, id },
             (Space::Int8, id) => Key::Int8 { id },
         })
     }
@@ -62,27 +69,37 @@ fn check_field_attrs(attrs: &Attrs, errors: &mut Errors) {
             "#[advisory_key(int8)] goes on the struct, not on a field",
         ));
     }
+    if let Some(krate) = &attrs.krate {
+        errors.push(syn::Error::new_spanned(
+            &krate.key,
+            "#[advisory_key(crate = ...)] goes on the struct, not on a field",
+        ));
+    }
 }
 
-/// The key space the struct's attributes ask for.
+/// The key space the struct's attributes and id type ask for.
 enum Space<'a> {
-    Namespace(Namespace<'a>),
+    Int4Pair(Namespace<'a>),
+    TaggedInt8(Namespace<'a>),
     Int8,
 }
 
-fn key_space<'a>(input: &'a Input<'a>, errors: &mut Errors) -> Option<Space<'a>> {
+fn key_space<'a>(
+    input: &'a Input<'a>,
+    id: Option<&Field<'_>>,
+    errors: &mut Errors,
+) -> Option<Space<'a>> {
     let attrs = &input.attrs;
     match (&attrs.namespace, &attrs.int8) {
         (Some(namespace), int8) => {
-            if let Some(int8) = int8 {
-                errors.push(syn::Error::new_spanned(
-                    int8,
-                    "#[advisory_key(int8)] cannot be combined with a namespace: an int8 key \
-                     spans the whole int8 key space; remove one of the two",
-                ));
-            }
-            let namespace = checked_namespace(&namespace.value, errors)?;
-            int8.is_none().then_some(Space::Namespace(namespace))
+            // An id field the derive cannot see is checked as an int4 pair:
+            // the usual case, and the one its other errors will be about.
+            let tagged = int8.is_some() || id.is_some_and(|id| is_64_bit(id.ty));
+            let namespace = checked_namespace(&namespace.value, tagged, errors)?;
+            Some(match tagged {
+                true => Space::TaggedInt8(namespace),
+                false => Space::Int4Pair(namespace),
+            })
         }
         (None, Some(_)) => Some(Space::Int8),
         (None, None) if attrs.malformed => None,
@@ -98,7 +115,40 @@ fn key_space<'a>(input: &'a Input<'a>, errors: &mut Errors) -> Option<Space<'a>>
     }
 }
 
-fn checked_namespace<'a>(value: &'a NamespaceValue, errors: &mut Errors) -> Option<Namespace<'a>> {
+/// Whether the id's type, as written, is a 64-bit integer: `i64`, `u64`,
+/// their `NonZero` forms, or a reference to one. Under a namespace such an
+/// id makes an int8 key; a type the derive cannot see through (an alias, a
+/// type parameter) asks for it with `int8`.
+fn is_64_bit(ty: &Type) -> bool {
+    const WIDE: [&str; 4] = ["i64", "u64", "NonZeroI64", "NonZeroU64"];
+    match ty {
+        Type::Reference(reference) => is_64_bit(&reference.elem),
+        Type::Group(group) => is_64_bit(&group.elem),
+        Type::Paren(paren) => is_64_bit(&paren.elem),
+        Type::Path(TypePath { qself: None, path }) => {
+            let Some(last) = path.segments.last() else {
+                return false;
+            };
+            match &last.arguments {
+                PathArguments::None => WIDE.iter().any(|wide| last.ident == wide),
+                PathArguments::AngleBracketed(args) if last.ident == "NonZero" => {
+                    match args.args.iter().collect::<Vec<_>>()[..] {
+                        [GenericArgument::Type(inner)] => is_64_bit(inner),
+                        _ => false,
+                    }
+                }
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+fn checked_namespace<'a>(
+    value: &'a NamespaceValue,
+    tagged: bool,
+    errors: &mut Errors,
+) -> Option<Namespace<'a>> {
     match value {
         NamespaceValue::Name(name) if name.value().is_empty() => {
             errors.push(syn::Error::new_spanned(
@@ -109,25 +159,36 @@ fn checked_namespace<'a>(value: &'a NamespaceValue, errors: &mut Errors) -> Opti
             None
         }
         NamespaceValue::Name(name) => Some(Namespace::Name(name)),
+        NamespaceValue::Const(path) => Some(Namespace::Const(path)),
+        NamespaceValue::Int { literal, value } if tagged => {
+            match value.and_then(|value| u16::try_from(value).ok()) {
+                Some(value) => Some(Namespace::Value(i32::from(value))),
+                None => {
+                    errors.push(syn::Error::new_spanned(literal, TAG_RANGE));
+                    None
+                }
+            }
+        }
         NamespaceValue::Int { literal, value } => {
             match value.and_then(|value| i32::try_from(value).ok()) {
                 Some(value) => Some(Namespace::Value(value)),
                 None => {
-                    errors.push(syn::Error::new_spanned(
-                        literal,
-                        format!(
-                            "namespace is out of int4 range; use an integer from {} to {}, \
-                             or a string namespace",
-                            i32::MIN,
-                            i32::MAX
-                        ),
-                    ));
+                    errors.push(syn::Error::new_spanned(literal, INT4_RANGE));
                     None
                 }
             }
         }
     }
 }
+
+/// Why an integer namespace does not fit an int4 pair's first half.
+pub(crate) const INT4_RANGE: &str = "namespace is out of int4 range; use an integer from \
+     -2147483648 to 2147483647, or a string namespace";
+
+/// Why an integer namespace does not fit the tag of a namespaced int8 key.
+pub(crate) const TAG_RANGE: &str = "namespace is out of range for a 64-bit id: its int8 key \
+     holds the namespace in 16 bits and the id in 48; use an integer from 0 to 65535, or a \
+     string namespace";
 
 fn id_field<'a>(
     ident: &Ident,

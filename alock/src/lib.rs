@@ -93,7 +93,11 @@ pub use session::prepare_session;
 #[doc(inline)]
 #[doc = include_str!("derive_doc.md")]
 pub use alock_derive::AdvisoryKey;
-pub use namespace::{Int4Key, Int8Key, Namespaced, namespace};
+#[doc(hidden)]
+pub use namespace::__private;
+pub use namespace::{
+    Int4Key, Int8Key, Int8Namespaced, KeySpace, KeyType, Namespaced, namespace, namespace_tag,
+};
 // END derive exports
 
 #[cfg(doctest)]

@@ -1,13 +1,6 @@
 use alock::AdvisoryKey;
 
 #[derive(AdvisoryKey)]
-#[advisory_key(namespace = "events")]
-struct Event {
-    #[advisory_key(id)]
-    id: i64,
-}
-
-#[derive(AdvisoryKey)]
 #[advisory_key(namespace = "counters")]
 struct Counter(u64);
 

@@ -13,13 +13,7 @@ struct Bool(i32);
 struct ByteString(i32);
 
 #[derive(AdvisoryKey)]
-#[advisory_key(namespace = ORDERS)]
-struct Constant(i32);
-
-#[derive(AdvisoryKey)]
 #[advisory_key(namespace = 7u64)]
 struct Suffixed(i32);
-
-const ORDERS: i32 = 1;
 
 fn main() {}

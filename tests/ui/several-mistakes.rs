@@ -22,7 +22,7 @@ struct Invoice {
 #[advisory_key(namespace = "events")]
 struct Event {
     #[advisory_key(id)]
-    id: i64,
+    id: u64,
 }
 
 fn main() {}
