@@ -76,6 +76,7 @@ mod ext;
 mod guard;
 mod key;
 mod lock;
+mod locks;
 mod namespace;
 mod pending;
 mod protocol;
@@ -87,6 +88,7 @@ pub use ext::{AdvisoryLockExt, PoolAdvisoryLockExt};
 pub use guard::{GuardConnection, LockGuard};
 pub use key::{AdvisoryKey, AdvisoryKeys, KeyError, LockId};
 pub use lock::{AdvisoryLock, Exclusive, ExclusiveLock, Mode, ShareLock, Shared};
+pub use locks::{KeyDisplay, KeyNames, LockInfo, LockMode, LockQuery, locks};
 pub use session::prepare_session;
 // BEGIN derive exports (owned by the derive work)
 #[cfg(feature = "derive")]
