@@ -488,7 +488,7 @@ fn pool_guards_are_send_and_static(
 
 #[allow(dead_code)]
 async fn reads_naturally(conn: &mut PgConnection) -> Result<(), Error> {
-    let guard = conn.lock_exclusive((1_i64, (2, 3))).await?;
+    let guard = conn.lock_exclusive((1_i64, LockId::pair(2, 3))).await?;
     guard.release().await
 }
 
