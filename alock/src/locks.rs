@@ -219,6 +219,11 @@ pub struct LockInfo {
     /// For a waiter, how long it has waited so far (`pg_locks.waitstart`);
     /// `None` for a holder, on servers before PostgreSQL 14, and in the
     /// first moment of a wait, before the server has recorded its start.
+    ///
+    /// The server counts from the start of the current statement's wait. A
+    /// blocking acquire of this crate waits in slices of
+    /// `deadlock_timeout` + 100 ms (1.1 s by default), one statement each,
+    /// so for its sessions this is the time since the current slice began.
     pub waited: Option<Duration>,
     /// For a waiter, the sessions it waits behind (`pg_blocking_pids`):
     /// those holding the key in a conflicting mode, and those queued ahead

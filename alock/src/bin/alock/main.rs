@@ -53,9 +53,11 @@ enum Command {
     /// Run a command while holding an advisory lock, released when it exits.
     ///
     /// Exits with the command's status (128 + N if signal N ended it), or 75
-    /// when the lock could not be had (--no-wait, --timeout). SIGINT,
-    /// SIGTERM, SIGHUP and SIGQUIT are passed on to the command. If alock
-    /// itself is killed, the server releases the lock with its session.
+    /// when the lock could not be had (--no-wait, --timeout). SIGTERM,
+    /// SIGHUP, SIGINT and SIGQUIT sent to alock are passed on to the command
+    /// (a Ctrl-C at the terminal reaches both at once, and is not sent
+    /// twice). If alock itself is killed, the server releases the lock with
+    /// its session, and the command runs on without it.
     Run(run::Args),
 }
 
