@@ -123,7 +123,7 @@ async fn work(worker: usize, pool: PgPool) -> Result<Tally, alock::Error> {
             state: String::new(),
         };
         // Waits, on the server, while another worker holds this order.
-        let (waited, processed) = if worker % 2 == 0 {
+        let (waited, processed) = if worker.is_multiple_of(2) {
             let guard = kept.lock_exclusive(&order).await?;
             under_lock(worker, guard, id).await?
         } else {

@@ -235,3 +235,76 @@ async fn a_timeout_too_long_for_the_server_is_refused() {
     assert!(!is_free(id).await);
     guard.release().await.unwrap();
 }
+
+/// A connection that a pooler moved to another server session: two real
+/// sessions behind one `&mut PgConnection`, switched between calls.
+struct Switching {
+    sessions: [PgConnection; 2],
+    current: usize,
+}
+
+impl AsMut<PgConnection> for Switching {
+    fn as_mut(&mut self) -> &mut PgConnection {
+        &mut self.sessions[self.current]
+    }
+}
+
+/// A release or a check that lands on another server session than the one
+/// that took the lock says so, and touches nothing: the other session keeps
+/// its own hold of the same id, and the first keeps the lock.
+#[tokio::test]
+async fn a_release_on_another_session_is_refused_and_touches_nothing() {
+    for ids in [unique_keys(1), unique_keys(3)] {
+        let mut conn = Switching {
+            sessions: [connect().await, connect().await],
+            current: 0,
+        };
+        let pids = [
+            backend_pid(&mut conn.sessions[0]).await,
+            backend_pid(&mut conn.sessions[1]).await,
+        ];
+        // The second session holds the first id of its own, shared.
+        conn.sessions[1].lock_shared(ids[0]).await.unwrap().leak();
+
+        let mut lock = alock::ShareLock::new(&mut conn, &ids);
+        lock.acquire().await.unwrap();
+        lock.get_mut().current = 1;
+        let checked = lock.held_on_server().await;
+        assert!(
+            matches!(checked, Err(Error::SessionChanged { took, now }) if took == pids[0] && now == pids[1]),
+            "{checked:?}"
+        );
+        let released = lock.release().await;
+        assert!(
+            matches!(released, Err(Error::SessionChanged { .. })),
+            "{released:?}"
+        );
+        drop(lock);
+
+        let mut observer = connect().await;
+        for id in &ids {
+            let holders: Vec<i32> = sqlx::query_scalar(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                   AND classid::int8 = $1 AND objid::int8 = $2 AND objsubid = $3 \
+                   AND pid = ANY($4) ORDER BY pid",
+            )
+            .bind(i64::from(id.pg_locks_row().0))
+            .bind(i64::from(id.pg_locks_row().1))
+            .bind(id.pg_locks_row().2)
+            .bind(pids.to_vec())
+            .fetch_all(&mut observer)
+            .await
+            .unwrap();
+            let mut expected = if *id == ids[0] {
+                pids.to_vec()
+            } else {
+                vec![pids[0]]
+            };
+            expected.sort_unstable();
+            assert_eq!(
+                holders, expected,
+                "{id}: nothing was released on either session"
+            );
+        }
+    }
+}

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use proc_macro2::{Ident, Span, TokenStream, TokenTree};
+use proc_macro2::{Delimiter, Group, Ident, Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
@@ -190,13 +190,22 @@ impl Cx<'_> {
             ),
         };
         let message = LitStr::new(&message, span);
+        // The panic's tokens run from the path's first token to its last, so
+        // the compiler underlines the whole path, not its first segment.
+        let last = path
+            .segments
+            .last()
+            .map_or(span, |segment| segment.ident.span());
+        let mut arguments = Group::new(Delimiter::Parenthesis, message.to_token_stream());
+        arguments.set_span(last);
+        let panic = quote_spanned!(span=> ::core::panic!);
         quote_spanned! {span=>
             {
                 let value = #path;
                 let _: &dyn #krate::__private::NamespaceInteger = &value;
                 match #krate::__private::#narrow(value as i128) {
                     ::core::option::Option::Some(namespace) => namespace,
-                    ::core::option::Option::None => ::core::panic!(#message),
+                    ::core::option::Option::None => #panic #arguments,
                 }
             }
         }

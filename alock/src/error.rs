@@ -115,6 +115,23 @@ pub enum Error {
     )]
     TimeoutTooLong(Duration),
 
+    /// The connection now runs on another server session than the one that
+    /// took the lock, as behind a pooler in transaction mode, which hands
+    /// each transaction to any of its server sessions. Nothing was released
+    /// or checked: the lock stays with the session that took it, until that
+    /// session releases it or ends. Take transaction-level locks through
+    /// such a pooler, or hold session-level locks on a session-mode pool.
+    #[error(
+        "the connection now runs on server session {now}, not on {took} that took the lock \
+         (a transaction-mode pooler?); nothing was released"
+    )]
+    SessionChanged {
+        /// The backend pid of the session that took the lock.
+        took: i32,
+        /// The backend pid of the session that answered now.
+        now: i32,
+    },
+
     /// Any other error from sqlx.
     #[error(transparent)]
     Database(sqlx::Error),
@@ -280,6 +297,7 @@ impl sqlx::error::DatabaseError for Error {
             Error::ConnectionLost(_) => "the connection to the server was lost",
             Error::InvalidKeys(_) => "the keys name no advisory lock",
             Error::TimeoutTooLong(_) => "the lock timeout is too long",
+            Error::SessionChanged { .. } => "the connection now runs on another server session",
             Error::Database(_) => "the database call failed",
         }
     }

@@ -37,7 +37,8 @@ mod sealed {
 ///
 /// # Examples
 ///
-/// ```no_run
+#[cfg_attr(feature = "derive", doc = "```no_run")]
+#[cfg_attr(not(feature = "derive"), doc = "```ignore")]
 /// use alock::prelude::*;
 ///
 /// #[derive(AdvisoryKey)]
@@ -361,9 +362,8 @@ pub trait AdvisoryLockExt: sealed::Connection {
     /// # Cancel safety
     ///
     /// Dropped once `BEGIN` is answered, the transaction is rolled back
-    /// before the connection's next use, and nothing is held. Dropped during
-    /// `BEGIN`'s own round trip, it is sqlx's `begin`, which in sqlx 0.9.0
-    /// leaves the server in the transaction.
+    /// before the connection's next use, and nothing is held. Dropped before
+    /// `BEGIN` is answered, it is a dropped `Connection::begin`.
     fn begin_locked_exclusive(
         &mut self,
         keys: impl AdvisoryKeys,

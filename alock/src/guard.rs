@@ -6,7 +6,7 @@ use std::ops::{Deref, DerefMut};
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgConnection, Postgres};
 
-use crate::protocol::{self, Patience};
+use crate::protocol::{self, Hold, Patience};
 use crate::{AdvisoryKeys, Error, LockId, key};
 
 mod sealed {
@@ -89,8 +89,7 @@ pub struct LockGuard<C: GuardConnection> {
     conn: Option<C>,
     ids: Box<[LockId]>,
     shared: bool,
-    token: i32,
-    waited: bool,
+    hold: Hold,
 }
 
 const CONN: &str = "BUG: the connection is only taken by consuming methods";
@@ -160,8 +159,7 @@ impl<C: GuardConnection> LockGuard<C> {
             conn: Some(conn),
             ids: ids.into_boxed_slice(),
             shared,
-            token: hold.token,
-            waited: hold.waited,
+            hold,
         }))
     }
 
@@ -184,7 +182,7 @@ impl<C: GuardConnection> LockGuard<C> {
     /// next use.
     pub async fn release(mut self) -> Result<(), Error> {
         let mut conn = self.conn.take().expect(CONN);
-        let released = protocol::release(conn.as_mut(), &self.ids, self.shared, self.token).await;
+        let released = protocol::release(conn.as_mut(), &self.ids, self.shared, self.hold).await;
         if released
             .as_ref()
             .is_err_and(|e| !matches!(e, Error::Lost { .. }))
@@ -207,7 +205,7 @@ impl<C: GuardConnection> LockGuard<C> {
     /// A read: dropping the future changes nothing.
     pub async fn held_on_server(&mut self) -> Result<bool, Error> {
         let conn = self.conn.as_mut().expect(CONN).as_mut();
-        let held = protocol::held(conn, &self.ids, self.shared).await;
+        let held = protocol::held(conn, &self.ids, self.shared, Some(self.hold.pid)).await;
         match held {
             Err(e) if e.is_connection_lost() => Ok(false),
             held => held,
@@ -226,7 +224,7 @@ impl<C: GuardConnection> LockGuard<C> {
     /// afterwards.
     pub fn into_inner(mut self) -> C {
         let mut conn = self.conn.take().expect(CONN);
-        protocol::release_on_drop(conn.as_mut(), &self.ids, self.shared, self.token);
+        protocol::release_on_drop(conn.as_mut(), &self.ids, self.shared, self.hold.token);
         conn
     }
 
@@ -249,7 +247,7 @@ impl<C: GuardConnection> LockGuard<C> {
     /// Whether taking the ids had to wait for another session to release
     /// one: a measure of contention, for metrics.
     pub fn waited(&self) -> bool {
-        self.waited
+        self.hold.waited
     }
 }
 
@@ -280,7 +278,7 @@ impl<C: GuardConnection> Drop for LockGuard<C> {
             // connection the guard owns is closed instead, which frees every
             // lock of its session.
             if !(conn.as_mut().is_in_transaction() && conn.close_when_dropped()) {
-                protocol::release_on_drop(conn.as_mut(), &self.ids, self.shared, self.token);
+                protocol::release_on_drop(conn.as_mut(), &self.ids, self.shared, self.hold.token);
             }
         }
     }

@@ -229,6 +229,7 @@ pub enum KeyError {
 pub(crate) fn ids_of<K: AdvisoryKeys + ?Sized>(keys: &K) -> Result<Vec<LockId>, KeyError> {
     let ids = keys.lock_ids()?;
     if ids.is_empty() {
+        tracing::debug!(error = %KeyError::Empty, "alock: call refused");
         return Err(KeyError::Empty);
     }
     Ok(ids)
@@ -238,11 +239,19 @@ pub(crate) fn ids_of<K: AdvisoryKeys + ?Sized>(keys: &K) -> Result<Vec<LockId>, 
 ///
 /// Implemented for [`LockId`], `i64` and references to any `AdvisoryKey`;
 /// derive it for domain types with
-/// [`#[derive(AdvisoryKey)]`](derive@crate::AdvisoryKey). An int4 pair is
-/// one key written [`LockId::pair`]; a tuple or an array of keys is a list
-/// of keys ([`AdvisoryKeys`]), so `(1_i64, 2_i64)` is two locks. `i32` is no
-/// key: `(table_oid, 0)` would read as two keys and be one, so it does not
-/// compile.
+#[cfg_attr(
+    feature = "derive",
+    doc = "[`#[derive(AdvisoryKey)]`](derive@crate::AdvisoryKey)."
+)]
+#[cfg_attr(
+    not(feature = "derive"),
+    doc = "`#[derive(AdvisoryKey)]` (the `derive` feature)."
+)]
+///
+/// An int4 pair is one key, written [`LockId::pair`]; a tuple or an array of
+/// keys is a list of keys ([`AdvisoryKeys`]), so `(1_i64, 2_i64)` is two
+/// locks. `i32` is no key: `(table_oid, 0)` would read as two keys and be
+/// one, so it does not compile.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an advisory lock key",
     label = "not an advisory lock key",

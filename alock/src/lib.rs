@@ -25,7 +25,8 @@
 //!
 //! # Locking
 //!
-//! ```no_run
+#![cfg_attr(feature = "derive", doc = "```no_run")]
+#![cfg_attr(not(feature = "derive"), doc = "```ignore")]
 //! use alock::prelude::*;
 //!
 //! #[derive(AdvisoryKey)]
@@ -56,8 +57,8 @@
 //! - [`LockGuard`] holds session-level locks until released or dropped,
 //!   through a borrowed, owned or pooled connection.
 //! - [`ExclusiveLock`] and [`ShareLock`] are re-entrant lock objects over
-//!   many keys, which nest on one connection: the design of py-postgresql's
-//!   advisory locks.
+//!   many keys, which nest on one connection: the design of the advisory
+//!   locks of py-postgresql, where this crate began.
 //! - [`Error`] says what went wrong, typed.
 //!
 //! # Cancellation
@@ -68,6 +69,23 @@
 //! `deadlock_timeout` + 100 ms. Inside a transaction begun through sqlx,
 //! session-level acquires are refused ([`Error::InTransaction`]); take
 //! transaction-level locks there.
+//!
+//! # Tracing
+//!
+//! The crate reports to [`tracing`](https://docs.rs/tracing) subscribers,
+//! under the target `alock`:
+//!
+//! | what | kind, level | fields |
+//! |---|---|---|
+//! | an acquire | span `alock.acquire`, `DEBUG` | `level` (`session`, `transaction`), `mode` (`exclusive`, `shared`), `ids`, `waited`, `wait_ms`, `outcome` (`acquired`, `busy`, or the error) |
+//! | a release | span `alock.release`, `DEBUG` | `mode`, `ids`, `outcome` (`released`, or the error) |
+//! | a release queued from `Drop` or a dropped call | event, `DEBUG` | `ids` |
+//! | a call refused before it reached the server | event, `DEBUG` | `error` |
+//! | ids found no longer held at release ([`Error::Lost`]) | event, `WARN` | `missing`, `total` |
+//! | a session found gone ([`Error::ConnectionLost`]) | event, `WARN` | `error` |
+//!
+//! With no subscriber listening, a span costs one atomic load and its fields
+//! are never computed.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -82,6 +100,7 @@ mod pending;
 mod protocol;
 mod session;
 mod sql;
+mod trace;
 
 pub use error::{Error, ServerError};
 pub use ext::{AdvisoryLockExt, PoolAdvisoryLockExt};
@@ -102,7 +121,8 @@ pub use namespace::{
 };
 // END derive exports
 
-#[cfg(doctest)]
+/// The README's examples use the derive, a default feature.
+#[cfg(all(doctest, feature = "derive"))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::PgConnection;
 
 use crate::key::{self, KeyError};
-use crate::protocol::{self, Patience};
+use crate::protocol::{self, Hold, Patience};
 use crate::{AdvisoryKeys, Error, LockId};
 
 mod sealed {
@@ -42,7 +42,7 @@ impl Mode for Shared {
 }
 
 /// A session-level advisory lock on a sequence of ids, in one mode, held
-/// through one connection: the port of py-postgresql's `ALock`.
+/// through one connection: a re-entrant lock object.
 ///
 /// Use it as [`ExclusiveLock`] or [`ShareLock`].
 ///
@@ -65,8 +65,8 @@ impl Mode for Shared {
 ///
 /// # Re-entrant
 ///
-/// Like Python's `threading.RLock`, the object counts its acquisitions: the
-/// server is contacted only when the count goes from 0 to 1 and from 1 to 0.
+/// Like a re-entrant mutex, the object counts its acquisitions: the server is
+/// contacted only when the count goes from 0 to 1 and from 1 to 0.
 ///
 /// # Round trips
 ///
@@ -94,11 +94,11 @@ impl Mode for Shared {
 /// # Examples
 ///
 /// ```no_run
-/// use alock::ExclusiveLock;
+/// use alock::{ExclusiveLock, LockId};
 /// # async fn example(conn: &mut sqlx::PgConnection) -> Result<(), alock::Error> {
 /// let table1_oid = 192842;
 /// let table2_oid = 192849;
-/// let mut lock = ExclusiveLock::new(conn, [(table1_oid, 0), (table2_oid, 0)]);
+/// let mut lock = ExclusiveLock::new(conn, [LockId::pair(table1_oid, 0), LockId::pair(table2_oid, 0)]);
 /// lock.acquire().await?;
 /// // ... both ids are held by this session ...
 /// lock.release().await?;
@@ -117,7 +117,7 @@ pub struct AdvisoryLock<C: AsMut<PgConnection>, M: Mode> {
     /// Why the keys given to `new` name no lock, if they don't.
     invalid: Option<KeyError>,
     count: usize,
-    token: i32,
+    hold: Hold,
     mode: PhantomData<M>,
 }
 
@@ -147,7 +147,7 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
             ids,
             invalid,
             count: 0,
-            token: 0,
+            hold: Hold::default(),
             mode: PhantomData,
         }
     }
@@ -231,7 +231,7 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
         let conn = self.conn.as_mut().expect(CONN).as_mut();
         match protocol::acquire(conn, &self.ids, M::SHARED, patience).await? {
             Some(hold) => {
-                self.token = hold.token;
+                self.hold = hold;
                 self.count = 1;
                 Ok(true)
             }
@@ -266,7 +266,7 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
             1 => {
                 self.count = 0;
                 let conn = self.conn.as_mut().expect(CONN).as_mut();
-                let released = protocol::release(conn, &self.ids, M::SHARED, self.token).await;
+                let released = protocol::release(conn, &self.ids, M::SHARED, self.hold).await;
                 if let Err(Error::InFailedTransaction(_)) = released {
                     // Nothing ran: the ids are still held, and released
                     // again once the transaction has ended.
@@ -298,8 +298,9 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
     ///
     /// A read: dropping the future changes nothing.
     pub async fn held_on_server(&mut self) -> Result<bool, Error> {
+        let took = (self.count > 0).then_some(self.hold.pid);
         let conn = self.conn.as_mut().expect(CONN).as_mut();
-        match protocol::held(conn, &self.ids, M::SHARED).await {
+        match protocol::held(conn, &self.ids, M::SHARED, took).await {
             // The session is gone, and its locks with it.
             Err(e) if e.is_connection_lost() => {
                 self.count = 0;
@@ -360,7 +361,7 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
         if self.count > 0 {
             self.count = 0;
             if let Some(conn) = self.conn.as_mut() {
-                protocol::release_on_drop(conn.as_mut(), &self.ids, M::SHARED, self.token);
+                protocol::release_on_drop(conn.as_mut(), &self.ids, M::SHARED, self.hold.token);
             }
         }
     }

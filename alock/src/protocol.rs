@@ -11,9 +11,10 @@ use std::hash::{BuildHasher, Hasher, RandomState};
 use std::time::{Duration, Instant};
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
+use tracing::Instrument;
 
 use crate::error::{RELEASING, WAITING};
-use crate::{Error, LockId, pending, session, sql};
+use crate::{Error, LockId, pending, session, sql, trace};
 
 /// Binds one id's key(s), the first parameters of every single-id
 /// statement; a macro, as the statements are of two types.
@@ -51,7 +52,7 @@ impl Patience {
         if timeout.is_zero() {
             Ok(Patience::None)
         } else if timeout > MAX_TIMEOUT {
-            Err(Error::TimeoutTooLong(timeout))
+            Err(trace::refused(Error::TimeoutTooLong(timeout)))
         } else {
             Ok(Patience::For(timeout))
         }
@@ -68,11 +69,13 @@ impl Patience {
     }
 }
 
-/// A session-level hold that an acquire took: the token that releases it,
-/// and whether taking it had to wait.
-#[derive(Debug, Clone, Copy)]
+/// A session-level hold that an acquire took: the token of its records,
+/// the backend pid of the session that took it, and whether taking it had
+/// to wait.
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Hold {
     pub(crate) token: i32,
+    pub(crate) pid: i32,
     pub(crate) waited: bool,
 }
 
@@ -95,16 +98,29 @@ pub(crate) async fn acquire(
     shared: bool,
     patience: Patience,
 ) -> Result<Option<Hold>, Error> {
+    let span = trace::acquire_span("session", shared, ids.len());
+    let started = Instant::now();
+    let taken = take_session(conn, ids, shared, patience)
+        .instrument(span.clone())
+        .await;
+    trace::acquired(
+        &span,
+        started,
+        taken.as_ref().map(|hold| hold.map(|h| h.waited)),
+    );
+    taken
+}
+
+async fn take_session(
+    conn: &mut PgConnection,
+    ids: &[LockId],
+    shared: bool,
+    patience: Patience,
+) -> Result<Option<Hold>, Error> {
     if conn.is_in_transaction() {
-        return Err(Error::InTransaction);
+        return Err(trace::refused(Error::InTransaction));
     }
     let token = new_token();
-    if ids.is_empty() {
-        return Ok(Some(Hold {
-            token,
-            waited: false,
-        }));
-    }
     let mut flight = InFlight::new(conn, ids, shared, token);
     let started = Instant::now();
     let mut waited_ms = 0;
@@ -129,10 +145,11 @@ pub(crate) async fn acquire(
             Err(Error::LockTimeout(_)) if matches!(patience, Patience::For(_)) => return Ok(None),
             outcome => outcome?,
         };
+        let (outcome, pid) = outcome;
         match Outcome::parse(&outcome) {
             Outcome::Acquired { waited } => {
                 flight.disarm();
-                return Ok(Some(Hold { token, waited }));
+                return Ok(Some(Hold { token, pid, waited }));
             }
             Outcome::Busy => {
                 flight.disarm();
@@ -159,10 +176,10 @@ async fn run_acquire(
     wait_ms: i64,
     waited_ms: i64,
     token: i32,
-) -> Result<String, sqlx::Error> {
+) -> Result<(String, i32), sqlx::Error> {
     let call = async |conn: &mut PgConnection| match ids {
         [id] => {
-            bind_id!(sqlx::query_scalar(sql::lock_one(*id, shared)), *id)
+            bind_id!(sqlx::query_as(sql::lock_one(*id, shared)), *id)
                 .bind(token)
                 .bind(wait_ms)
                 .bind(waited_ms)
@@ -171,7 +188,7 @@ async fn run_acquire(
         }
         _ => {
             let (k, a, b) = arrays(ids.iter());
-            sqlx::query_scalar(sql::ACQUIRE_MANY)
+            sqlx::query_as(sql::ACQUIRE_MANY)
                 .bind(k)
                 .bind(a)
                 .bind(b)
@@ -212,12 +229,10 @@ async fn block(
     wait_ms: i64,
     waited_ms: i64,
     token: i32,
-) -> Result<String, sqlx::Error> {
+) -> Result<(String, i32), sqlx::Error> {
     let text = sql::acquire_block(ids, shared, xact, wait_ms, waited_ms, token);
-    sqlx::raw_sql(AssertSqlSafe(text))
-        .fetch_one(conn)
-        .await?
-        .try_get(0)
+    let row = sqlx::raw_sql(AssertSqlSafe(text)).fetch_one(conn).await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
 }
 
 /// What an acquire body answered.
@@ -280,8 +295,24 @@ pub(crate) async fn acquire_xact(
     shared: bool,
     patience: Patience,
 ) -> Result<bool, Error> {
+    let span = trace::acquire_span("transaction", shared, ids.len());
+    let started = Instant::now();
+    let taken = take_xact(conn, ids, shared, patience)
+        .instrument(span.clone())
+        .await;
+    // A transaction-level wait does not report whether it waited.
+    trace::acquired(&span, started, taken.as_ref().map(|&t| t.then_some(false)));
+    taken
+}
+
+async fn take_xact(
+    conn: &mut PgConnection,
+    ids: &[LockId],
+    shared: bool,
+    patience: Patience,
+) -> Result<bool, Error> {
     if !conn.is_in_transaction() {
-        return Err(Error::NotInTransaction);
+        return Err(trace::refused(Error::NotInTransaction));
     }
     if let [id] = ids {
         let taken: bool = bind_id!(sqlx::query_scalar(sql::try_xact_one(*id, shared)), *id)
@@ -297,7 +328,8 @@ pub(crate) async fn acquire_xact(
     let started = Instant::now();
     let mut waited_ms = 0;
     loop {
-        let outcome = block(conn, ids, shared, true, patience.wait_ms(), waited_ms, 0).await?;
+        let (outcome, _pid) =
+            block(conn, ids, shared, true, patience.wait_ms(), waited_ms, 0).await?;
         match Outcome::parse(&outcome) {
             Outcome::Acquired { .. } => return Ok(true),
             Outcome::Busy => return Ok(false),
@@ -318,22 +350,45 @@ pub(crate) async fn release(
     conn: &mut PgConnection,
     ids: &[LockId],
     shared: bool,
-    token: i32,
+    hold: Hold,
 ) -> Result<(), Error> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let mut flight = InFlight::new(conn, ids, shared, token);
+    let span = trace::release_span(shared, ids.len());
+    let released = unlock(conn, ids, shared, hold)
+        .instrument(span.clone())
+        .await;
+    trace::released(&span, &released);
+    released
+}
+
+async fn unlock(
+    conn: &mut PgConnection,
+    ids: &[LockId],
+    shared: bool,
+    hold: Hold,
+) -> Result<(), Error> {
+    let mut flight = InFlight::new(conn, ids, shared, hold.token);
     let missing = match ids {
         [id] => bind_id!(sqlx::query_as(sql::unlock_one(*id, shared)), *id)
-            .bind(token)
+            .bind(hold.token)
+            .bind(hold.pid)
             .fetch_one(&mut *flight.conn)
             .await
-            .map(|(held, _token): (bool, bool)| usize::from(!held)),
-        _ => release_many(flight.conn, ids, shared, token).await,
+            .map(|(held, _record, pid): (Option<bool>, Option<bool>, i32)| {
+                (held.map(|held| usize::from(!held)), pid)
+            }),
+        _ => release_many(flight.conn, ids, shared, hold).await,
     };
     let missing = match missing {
-        Ok(missing) => missing,
+        Ok((Some(missing), _)) => missing,
+        Ok((None, now)) => {
+            // Another session answered, and was left alone: nothing ran
+            // on the session that holds the ids.
+            flight.disarm();
+            return Err(Error::SessionChanged {
+                took: hold.pid,
+                now,
+            });
+        }
         Err(e) => {
             let error = Error::from_sqlx_during(e, RELEASING);
             // In a failed transaction nothing can run until it ends; the
@@ -360,19 +415,22 @@ async fn release_many(
     conn: &mut PgConnection,
     ids: &[LockId],
     shared: bool,
-    token: i32,
-) -> Result<usize, sqlx::Error> {
+    hold: Hold,
+) -> Result<(Option<usize>, i32), sqlx::Error> {
     let call = async |conn: &mut PgConnection| {
         let (k, a, b) = arrays(ids.iter());
-        sqlx::query_scalar(sql::RELEASE_MANY)
+        sqlx::query_as(sql::RELEASE_MANY)
             .bind(k)
             .bind(a)
             .bind(b)
             .bind(shared)
-            .bind(token)
+            .bind(hold.token)
+            .bind(hold.pid)
             .fetch_one(conn)
             .await
-            .map(|missing: i32| usize::try_from(missing).unwrap_or(0))
+            .map(|(missing, pid): (Option<i32>, i32)| {
+                (missing.map(|m| usize::try_from(m).unwrap_or(0)), pid)
+            })
     };
     match call(&mut *conn).await {
         Err(e) if !conn.is_in_transaction() && session::missing(&e) => {}
@@ -381,25 +439,25 @@ async fn release_many(
     if session::create(conn).await? {
         return call(conn).await;
     }
-    let text = sql::release_block(ids, shared, token);
-    let missing: String = sqlx::raw_sql(AssertSqlSafe(text))
-        .fetch_one(conn)
-        .await?
-        .try_get(0)?;
-    Ok(missing.parse().unwrap_or(0))
+    let text = sql::release_block(ids, shared, hold.token, hold.pid);
+    let row = sqlx::raw_sql(AssertSqlSafe(text)).fetch_one(conn).await?;
+    let (missing, pid): (String, i32) = (row.try_get(0)?, row.try_get(1)?);
+    Ok((missing.parse().ok(), pid))
 }
 
 /// Whether this session holds every id, granted, in this mode, according to
-/// `pg_locks`. 1 round trip.
+/// `pg_locks`; [`Error::SessionChanged`] when the connection now runs on
+/// another session than the one with pid `took`, if given. 1 round trip.
 pub(crate) async fn held(
     conn: &mut PgConnection,
     ids: &[LockId],
     shared: bool,
+    took: Option<i32>,
 ) -> Result<bool, Error> {
     let mut rows: Vec<(u32, u32, i16)> = ids.iter().map(|id| id.pg_locks_row()).collect();
     rows.sort_unstable();
     rows.dedup();
-    let count = sqlx::query_scalar::<_, i64>(sql::HELD_BY_SESSION)
+    let answer = sqlx::query_as::<_, (i64, i32)>(sql::HELD_BY_SESSION)
         .bind(rows.iter().map(|r| i64::from(r.0)).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| i64::from(r.1)).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
@@ -407,12 +465,16 @@ pub(crate) async fn held(
         .fetch_one(conn)
         .await
         .map_err(Error::from_sqlx);
-    Ok(count? == rows.len() as i64)
+    match (answer?, took) {
+        ((_, now), Some(took)) if now != took => Err(Error::SessionChanged { took, now }),
+        ((count, _), _) => Ok(count == rows.len() as i64),
+    }
 }
 
 /// Queues the release of a held hold, for `Drop`.
 pub(crate) fn release_on_drop(conn: &mut PgConnection, ids: &[LockId], shared: bool, token: i32) {
     if !ids.is_empty() {
+        tracing::debug!(ids = ids.len(), "alock: release queued on the connection");
         pending::queue(conn, sql::release_recorded(ids, shared, token));
     }
 }

@@ -7,12 +7,12 @@
 //!   create functions, and from `Drop`, as anonymous `DO` blocks.
 //! - A single id that is free costs one plain statement ([`lock_one`],
 //!   [`unlock_one`], [`try_xact_one`]), what hand-written SQL costs.
-//! - Every session-level hold carries a token: a shared lock on
-//!   `(TOKEN_NAMESPACE, token)`, taken in the same uninterruptible step as
-//!   the ids and released with them. Whether the session holds the token is
-//!   the one record of whether a statement took its ids; a session-level
-//!   lock survives the abort of the statement that took it, so the record
-//!   does too.
+//! - Every id of a session-level hold has a record: a shared lock on
+//!   `(TOKEN_NAMESPACE + position, token)`, taken and released in the same
+//!   statement as the id. Whether the session holds a record is the one
+//!   record of whether a statement took that id; a session-level lock
+//!   survives the abort of the statement that took it, so the record does
+//!   too.
 //!
 //! Values never become SQL text except as integer literals written by Rust.
 
@@ -20,7 +20,8 @@ use std::fmt::Write as _;
 
 use crate::LockId;
 
-/// The first key of every token, in the int4-pair key space.
+/// The first key of every record, less its position, in the int4-pair key
+/// space: the bytes of "aloc".
 pub(crate) const TOKEN_NAMESPACE: i32 = 1_634_496_355;
 
 /// The first half of the record of a single id, [`TOKEN_NAMESPACE`] + 1, as
@@ -242,7 +243,8 @@ pub(crate) fn create_functions() -> String {
 /// session's function, which waits. The token is reserved at transaction
 /// level first: its session-level lock is then granted without the shared
 /// lock table, so once the id is taken nothing can fail before the token
-/// is. Bind: the key(s), the token, wait_ms, waited_ms. 1 round trip.
+/// is. Answers the outcome and the session's backend pid. Bind: the key(s),
+/// the token, wait_ms, waited_ms. 1 round trip.
 pub(crate) const fn lock_one(id: LockId, shared: bool) -> &'static str {
     match (id, shared) {
         (LockId::Int8(_), false) => concat!(
@@ -254,7 +256,7 @@ pub(crate) const fn lock_one(id: LockId, shared: bool) -> &'static str {
             first_record!(),
             ", $2) THEN 'acquired' ",
             "WHEN $3 = 0 THEN 'busy' ",
-            "ELSE pg_temp.alock_v4_acquire(ARRAY[$1], NULL, NULL, false, false, $3, CASE WHEN $4 = 0 THEN -1 ELSE $4 END, $2) END"
+            "ELSE pg_temp.alock_v4_acquire(ARRAY[$1], NULL, NULL, false, false, $3, CASE WHEN $4 = 0 THEN -1 ELSE $4 END, $2) END, pg_backend_pid()"
         ),
         (LockId::Int8(_), true) => concat!(
             "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(",
@@ -265,7 +267,7 @@ pub(crate) const fn lock_one(id: LockId, shared: bool) -> &'static str {
             first_record!(),
             ", $2) THEN 'acquired' ",
             "WHEN $3 = 0 THEN 'busy' ",
-            "ELSE pg_temp.alock_v4_acquire(ARRAY[$1], NULL, NULL, true, false, $3, CASE WHEN $4 = 0 THEN -1 ELSE $4 END, $2) END"
+            "ELSE pg_temp.alock_v4_acquire(ARRAY[$1], NULL, NULL, true, false, $3, CASE WHEN $4 = 0 THEN -1 ELSE $4 END, $2) END, pg_backend_pid()"
         ),
         (LockId::Int4Pair(..), false) => concat!(
             "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(",
@@ -276,7 +278,7 @@ pub(crate) const fn lock_one(id: LockId, shared: bool) -> &'static str {
             first_record!(),
             ", $3) THEN 'acquired' ",
             "WHEN $4 = 0 THEN 'busy' ",
-            "ELSE pg_temp.alock_v4_acquire(NULL, ARRAY[$1], ARRAY[$2], false, false, $4, CASE WHEN $5 = 0 THEN -1 ELSE $5 END, $3) END"
+            "ELSE pg_temp.alock_v4_acquire(NULL, ARRAY[$1], ARRAY[$2], false, false, $4, CASE WHEN $5 = 0 THEN -1 ELSE $5 END, $3) END, pg_backend_pid()"
         ),
         (LockId::Int4Pair(..), true) => concat!(
             "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(",
@@ -287,34 +289,40 @@ pub(crate) const fn lock_one(id: LockId, shared: bool) -> &'static str {
             first_record!(),
             ", $3) THEN 'acquired' ",
             "WHEN $4 = 0 THEN 'busy' ",
-            "ELSE pg_temp.alock_v4_acquire(NULL, ARRAY[$1], ARRAY[$2], true, false, $4, CASE WHEN $5 = 0 THEN -1 ELSE $5 END, $3) END"
+            "ELSE pg_temp.alock_v4_acquire(NULL, ARRAY[$1], ARRAY[$2], true, false, $4, CASE WHEN $5 = 0 THEN -1 ELSE $5 END, $3) END, pg_backend_pid()"
         ),
     }
 }
 
-/// Releases one id and its token, in one expression; answers whether the
-/// session still held each. Bind: the key(s), the token. 1 round trip.
+/// Releases one id and its record, in one expression, if this is the
+/// session that took them; answers whether the session still held each
+/// (NULL on another session, which is left alone) and the session's pid.
+/// Bind: the key(s), the token, the pid that took them. 1 round trip.
 pub(crate) const fn unlock_one(id: LockId, shared: bool) -> &'static str {
     match (id, shared) {
         (LockId::Int8(_), false) => concat!(
-            "SELECT pg_advisory_unlock($1), pg_advisory_unlock_shared(",
+            "SELECT CASE WHEN pg_backend_pid() = $3 THEN pg_advisory_unlock($1) END, ",
+            "CASE WHEN pg_backend_pid() = $3 THEN pg_advisory_unlock_shared(",
             first_record!(),
-            ", $2)"
+            ", $2) END, pg_backend_pid()"
         ),
         (LockId::Int8(_), true) => concat!(
-            "SELECT pg_advisory_unlock_shared($1), pg_advisory_unlock_shared(",
+            "SELECT CASE WHEN pg_backend_pid() = $3 THEN pg_advisory_unlock_shared($1) END, ",
+            "CASE WHEN pg_backend_pid() = $3 THEN pg_advisory_unlock_shared(",
             first_record!(),
-            ", $2)"
+            ", $2) END, pg_backend_pid()"
         ),
         (LockId::Int4Pair(..), false) => concat!(
-            "SELECT pg_advisory_unlock($1, $2), pg_advisory_unlock_shared(",
+            "SELECT CASE WHEN pg_backend_pid() = $4 THEN pg_advisory_unlock($1, $2) END, ",
+            "CASE WHEN pg_backend_pid() = $4 THEN pg_advisory_unlock_shared(",
             first_record!(),
-            ", $3)"
+            ", $3) END, pg_backend_pid()"
         ),
         (LockId::Int4Pair(..), true) => concat!(
-            "SELECT pg_advisory_unlock_shared($1, $2), pg_advisory_unlock_shared(",
+            "SELECT CASE WHEN pg_backend_pid() = $4 THEN pg_advisory_unlock_shared($1, $2) END, ",
+            "CASE WHEN pg_backend_pid() = $4 THEN pg_advisory_unlock_shared(",
             first_record!(),
-            ", $3)"
+            ", $3) END, pg_backend_pid()"
         ),
     }
 }
@@ -329,20 +337,24 @@ pub(crate) const fn try_xact_one(id: LockId, shared: bool) -> &'static str {
     }
 }
 
-/// Calls the session's acquire function at session level. Bind: `int8[]`,
-/// `int4[]`, `int4[]`, shared, wait_ms, waited_ms, token. 1 round trip.
+/// Calls the session's acquire function at session level; answers the
+/// outcome and the session's pid. Bind: `int8[]`, `int4[]`, `int4[]`,
+/// shared, wait_ms, waited_ms, token. 1 round trip.
 pub(crate) const ACQUIRE_MANY: &str =
-    "SELECT pg_temp.alock_v4_acquire($1, $2, $3, $4, false, $5, $6, $7)";
+    "SELECT pg_temp.alock_v4_acquire($1, $2, $3, $4, false, $5, $6, $7), pg_backend_pid()";
 
-/// Calls the session's release function. Bind: the arrays in release
-/// order, shared, token. 1 round trip.
-pub(crate) const RELEASE_MANY: &str = "SELECT pg_temp.alock_v4_release($1, $2, $3, $4, $5)";
+/// Calls the session's release function if this is the session that took
+/// the ids (NULL on another, which is left alone); answers how many were
+/// missing and the session's pid. Bind: the arrays in release order,
+/// shared, token, the pid that took them. 1 round trip.
+pub(crate) const RELEASE_MANY: &str = "SELECT CASE WHEN pg_backend_pid() = $6 \
+       THEN pg_temp.alock_v4_release($1, $2, $3, $4, $5) END, pg_backend_pid()";
 
 /// How many of the given ids this session holds, granted, in the given
-/// mode. Bind: `int8[]` classids, `int8[]` objids, `int2[]` objsubids, mode.
-/// 1 round trip.
+/// mode, and the session's pid. Bind: `int8[]` classids, `int8[]` objids,
+/// `int2[]` objsubids, mode. 1 round trip.
 pub(crate) const HELD_BY_SESSION: &str = "\
-    SELECT count(DISTINCT (l.classid, l.objid, l.objsubid)) \
+    SELECT count(DISTINCT (l.classid, l.objid, l.objsubid)), pg_backend_pid() \
       FROM pg_locks l \
       JOIN unnest($1::int8[], $2::int8[], $3::int2[]) AS id(c, o, s) \
         ON l.classid::int8 = id.c AND l.objid::int8 = id.o AND l.objsubid = id.s \
@@ -390,21 +402,25 @@ pub(crate) fn acquire_block(
            wait_ms int8 := {wait_ms}; waited_ms int8 := {waited_ms}; token int4 := {token}; \
            {BODY_DECLARATIONS} \
          BEGIN {body} PERFORM set_config('alock.outcome', outcome, false); END $alock$; \
-         SELECT current_setting('alock.outcome')",
+         SELECT current_setting('alock.outcome'), pg_backend_pid()",
         arrays = arrays(ids),
         body = body(),
     )
 }
 
-/// The release body as an anonymous block, followed by a `SELECT` of how
-/// many ids were missing: for sessions that cannot have the functions. One
-/// simple query, 1 round trip.
-pub(crate) fn release_block(ids: &[LockId], shared: bool, token: i32) -> String {
+/// The release body as an anonymous block, run only on the session that
+/// took the ids, followed by a `SELECT` of how many ids were missing (empty
+/// on another session) and the session's pid: for sessions that cannot have
+/// the functions. One simple query, 1 round trip.
+pub(crate) fn release_block(ids: &[LockId], shared: bool, token: i32, pid: i32) -> String {
     format!(
         "DO $alock$ DECLARE {arrays} shared bool := {shared}; token int4 := {token}; \
            {RELEASE_DECLARATIONS} \
-         BEGIN {release} PERFORM set_config('alock.outcome', missing::text, false); END $alock$; \
-         SELECT current_setting('alock.outcome')",
+         BEGIN \
+           IF pg_backend_pid() = {pid} THEN {release} END IF; \
+           PERFORM set_config('alock.outcome', coalesce(missing::text, ''), false); \
+         END $alock$; \
+         SELECT current_setting('alock.outcome'), pg_backend_pid()",
         arrays = arrays(ids),
         release = release_body(),
     )
