@@ -95,6 +95,7 @@ mod guard;
 mod key;
 mod lease;
 mod lock;
+mod locks;
 mod namespace;
 mod pending;
 mod protocol;
@@ -108,6 +109,7 @@ pub use guard::{GuardConnection, LockGuard};
 pub use key::{AdvisoryKey, AdvisoryKeys, KeyError, LockId};
 pub use lease::{DEFAULT_CHECK_EVERY, Lease, LeaseOptions, LeaseWatch, LostCause};
 pub use lock::{AdvisoryLock, Exclusive, ExclusiveLock, Mode, ShareLock, Shared};
+pub use locks::{KeyDisplay, KeyNames, LockInfo, LockMode, LockQuery, locks};
 pub use session::prepare_session;
 // BEGIN derive exports (owned by the derive work)
 #[cfg(feature = "derive")]
