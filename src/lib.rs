@@ -198,6 +198,10 @@ pub async fn is_free(id: LockId) -> bool {
 #[derive(Debug)]
 pub struct TestServer {
     url: String,
+    /// The server's own command line, to start it again.
+    postgres: Vec<std::ffi::OsString>,
+    dir: PathBuf,
+    server: std::process::Child,
 }
 
 impl TestServer {
@@ -207,10 +211,6 @@ impl TestServer {
     /// # Panics
     ///
     /// When no server programs are installed or the cluster fails to start.
-    #[expect(
-        clippy::zombie_processes,
-        reason = "the server outlives this process; the watchdog stops it"
-    )]
     pub fn start(settings: &[(&str, &str)]) -> TestServer {
         let bin = server_bindir().unwrap_or_else(|| {
             panic!(
@@ -242,37 +242,63 @@ impl TestServer {
         );
 
         let port = free_port();
-        let mut postgres = command(&user, &bin.join("postgres"));
-        postgres
-            .arg("-D")
-            .arg(&data)
-            .arg("-p")
-            .arg(port.to_string())
-            .arg("-k")
-            .arg(&dir)
-            .args(["-c", "listen_addresses=127.0.0.1"])
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=200"]);
+        let mut postgres: Vec<std::ffi::OsString> = vec![
+            bin.join("postgres").into(),
+            "-D".into(),
+            data.into(),
+            "-p".into(),
+            port.to_string().into(),
+            "-k".into(),
+            dir.clone().into(),
+        ];
+        for setting in [
+            "listen_addresses=127.0.0.1",
+            "fsync=off",
+            "synchronous_commit=off",
+            "full_page_writes=off",
+            "max_connections=200",
+        ] {
+            postgres.extend(["-c".into(), setting.into()]);
+        }
         for (name, value) in settings {
-            postgres.arg("-c").arg(format!("{name}={value}"));
+            postgres.extend(["-c".into(), format!("{name}={value}").into()]);
         }
-        let log = fs::File::create(dir.join("server.log")).expect("create server log");
-        if let Some(u) = &user {
-            std::os::unix::fs::chown(dir.join("server.log"), Some(u.uid), Some(u.gid))
-                .expect("chown server log");
-        }
-        let child = postgres
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("start postgres");
-
-        spawn_watchdog(child.id(), &dir);
-
         let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        let server = run_postgres(&postgres, &dir);
         wait_until_accepting(&url, &dir);
-        TestServer { url }
+        TestServer {
+            url,
+            postgres,
+            dir,
+            server,
+        }
+    }
+
+    /// Restarts the cluster, as a server crash or an operator would: a
+    /// fast shutdown, which ends every session, then a new start on the
+    /// same port and data. Returns once it accepts connections again.
+    ///
+    /// # Panics
+    ///
+    /// When the server does not stop or start.
+    pub fn restart(&mut self) {
+        let stop = Command::new("kill")
+            .args(["-INT", &self.server.id().to_string()])
+            .status()
+            .expect("signal the server");
+        assert!(stop.success(), "the server was not running");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self
+            .server
+            .try_wait()
+            .expect("wait for the server")
+            .is_none()
+        {
+            assert!(Instant::now() < deadline, "the server did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.server = run_postgres(&self.postgres, &self.dir);
+        wait_until_accepting(&self.url, &self.dir);
     }
 
     /// The connection URL of this cluster.
@@ -283,6 +309,31 @@ impl TestServer {
     fn into_url(self) -> String {
         self.url
     }
+}
+
+/// Starts the server's command line, logging to the cluster's directory,
+/// with a watchdog that stops it when this process exits.
+fn run_postgres(command_line: &[std::ffi::OsString], dir: &Path) -> std::process::Child {
+    let user = run_as();
+    let mut postgres = command(&user, Path::new(&command_line[0]));
+    postgres.args(&command_line[1..]);
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .expect("open server log");
+    if let Some(u) = &user {
+        std::os::unix::fs::chown(dir.join("server.log"), Some(u.uid), Some(u.gid))
+            .expect("chown server log");
+    }
+    let child = postgres
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log)
+        .spawn()
+        .expect("start postgres");
+    spawn_watchdog(child.id(), dir);
+    child
 }
 
 struct RunAs {

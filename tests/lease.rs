@@ -341,3 +341,50 @@ async fn leaders_never_overlap_while_their_backends_are_killed() {
         .await
         .unwrap();
 }
+
+/// A server restart ends every session: the lease notices within its bound,
+/// and a leader campaigns through the restart and leads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_is_noticed_and_the_leader_leads_again() {
+    let mut server = alock_dev::TestServer::start(&[]);
+    let id = unique_keys(1)[0];
+    let pool = pool_at(server.url()).await;
+    let lease = options().exclusive(&pool, id).await.unwrap();
+
+    let leader_key = unique_keys(1)[0];
+    let terms = Arc::new(AtomicUsize::new(0));
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let leader = tokio::spawn({
+        let (pool, terms) = (pool_at(server.url()).await, terms.clone());
+        async move {
+            let stop = async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            };
+            options()
+                .lead(&pool, leader_key, stop, |_lease: Arc<Lease>| {
+                    let terms = terms.clone();
+                    async move {
+                        terms.fetch_add(1, Ordering::SeqCst);
+                        std::future::pending::<()>().await
+                    }
+                })
+                .await
+        }
+    });
+    let until_terms = async |n: usize| {
+        let started = Instant::now();
+        while terms.load(Ordering::SeqCst) < n {
+            assert!(started.elapsed() < Duration::from_secs(60), "no term {n}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    until_terms(1).await;
+
+    let restarted = Instant::now();
+    tokio::task::block_in_place(|| server.restart());
+    let cause = lost_within_bound(&lease, restarted).await;
+    assert_eq!(cause, LostCause::SessionEnded);
+    until_terms(2).await;
+    stop_tx.send(true).unwrap();
+    assert!(matches!(leader.await.unwrap(), Ok(None)));
+}
