@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Exits with status 1 on the first failure; rerun its seed with
-//! `ALOCK_MODEL_SEED=<seed> cargo test --test model`. With `DATABASE_URL`
+//! `ALOCK_MODEL_SEED=<seed> cargo test --test it model::`. With `DATABASE_URL`
 //! unset it starts the same throwaway PostgreSQL the tests use.
 
 use std::process::ExitCode;

@@ -1664,7 +1664,7 @@ impl Parts {
         }
         let _ = write!(
             text,
-            "rerun: ALOCK_MODEL_SEED={} cargo test --test model",
+            "rerun: ALOCK_MODEL_SEED={} cargo test --test it model::",
             self.seed
         );
         text
@@ -2545,7 +2545,7 @@ async fn tx_savepoint(
     failed: &mut bool,
 ) -> Result<TxState, String> {
     // sqlx 0.9.0's `begin()` on a transaction, dropped before SAVEPOINT
-    // answers, rolls the whole transaction back (tests/pinned_sqlx.rs): the
+    // answers, rolls the whole transaction back (tests/it/pinned_sqlx.rs): the
     // savepoint is dropped only once it has surely answered.
     let mut fault = match p.fault_for_acquire() {
         Fault::DropAt { .. } => Fault::Cancel(0),
@@ -2801,7 +2801,7 @@ async fn tx_session_level(
 async fn op_begin_locked(p: &mut Parts, s: usize, conn: &mut PgConnection) -> Result<(), String> {
     // sqlx 0.9.0's `begin()` dropped during its own round trip, or handed a
     // stale error, leaves the server in a transaction sqlx does not know of
-    // (tests/pinned_sqlx.rs); `begin_locked_*` shares that window and only
+    // (tests/it/pinned_sqlx.rs); `begin_locked_*` shares that window and only
     // that one. So here it is dropped only once BEGIN has surely answered,
     // and never handed a stale error.
     if p.dirty[s] {

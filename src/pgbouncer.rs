@@ -1,4 +1,4 @@
-//! A real PgBouncer in front of the shared server, for `tests/poolers.rs`.
+//! A real PgBouncer in front of the shared server, for `tests/it/poolers.rs`.
 //!
 //! [`pgbouncer_url`] starts, once per process, one `pgbouncer` in front of
 //! the server [`database_url`](crate::database_url) points at (the

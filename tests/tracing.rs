@@ -1,6 +1,10 @@
 //! What a `tracing` subscriber sees: the spans of a contended acquire and of
 //! its release, with their fields, and the events of a queued release and a
 //! refused call.
+//!
+//! A binary of its own: `tracing` caches, process-wide, which call sites
+//! some subscriber wants, and the other tests' calls, made with none
+//! listening, would race with these.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -571,7 +571,7 @@ mod tests {
     }
 
     /// sqlx's own documented example, and vectors computed once from
-    /// `PgAdvisoryLock::new`; `tests/from_name.rs` compares many more live.
+    /// `PgAdvisoryLock::new`; `tests/it/from_name.rs` compares many more live.
     #[test]
     fn from_name_is_sqlx_hkdf_sha256() {
         assert_eq!(

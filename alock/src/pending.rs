@@ -15,7 +15,7 @@
 //! once, which writes it at once on an idle connection. Session-level locks
 //! are never taken inside such a transaction, and a guard cannot be dropped
 //! while a transaction borrows its connection, so this is reached only when
-//! a `Transaction` was leaked with `mem::forget`. `tests/pinned_sqlx.rs` pins each of these behaviours.
+//! a `Transaction` was leaked with `mem::forget`. `tests/it/pinned_sqlx.rs` pins each of these behaviours.
 
 use std::future::Future;
 use std::pin::pin;

@@ -185,7 +185,7 @@ async fn across_processes_a_killed_holder_frees_the_lease() {
         alock::LockId::Int8(k) => k,
     };
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "lease_child", "--nocapture"])
+        .args(["--ignored", "--exact", "lease::lease_child", "--nocapture"])
         .env("ALOCK_LEASE_CHILD_KEY", key.to_string())
         .env("DATABASE_URL", database_url())
         .stdout(std::process::Stdio::null())

@@ -306,7 +306,7 @@ async fn a_dropped_begin_locked_never_leaves_a_transaction_open_in_the_pool() {
     let mut observer = connect().await;
 
     // A drop during BEGIN's own round trip is sqlx's `begin`, pinned in
-    // tests/pinned_sqlx.rs; here, the lock alock sends after it.
+    // tests/it/pinned_sqlx.rs; here, the lock alock sends after it.
     // Given up while it waits for a busy id; the holder then lets go.
     let mut holder = hold_elsewhere(busy).await;
     {

@@ -488,8 +488,10 @@ async fn a_lease_check_reports_the_changed_session_through_transaction_mode() {
         .connect_with(options.clone())
         .await
         .unwrap();
+    // Long enough that a check waiting in the pooler's queue behind the
+    // other tests' clients is not taken for a connection that hangs.
     let lease = match alock::Lease::options()
-        .check_every(Duration::from_millis(200))
+        .check_every(Duration::from_secs(1))
         .exclusive(&pool, id)
         .await
     {

@@ -461,7 +461,7 @@ mod renamed {
 
 mod no_alock_in_scope {
     #[derive(alock::AdvisoryKey)]
-    #[advisory_key(namespace = "renamed", crate = "crate::renamed::locks")]
+    #[advisory_key(namespace = "renamed", crate = "crate::derive::renamed::locks")]
     pub struct Renamed(pub i64);
 
     #[derive(alock::AdvisoryKey)]
