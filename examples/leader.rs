@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use alock::{Lease, LockId};
-use sqlx::PgConnection;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::watch;
 
@@ -66,7 +65,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut first = wait_for_leader(&board, None, Duration::from_secs(30)).await?;
     println!("instance {first} leads ({:.1?})", started.elapsed());
     for _ in 0..KILLS {
-        let pid = holder(&mut observer, key).await?;
+        let [pid] = alock_dev::holders(&mut observer, key).await[..] else {
+            return Err("one instance holds the key".into());
+        };
         sqlx::query("SELECT pg_terminate_backend($1)")
             .bind(pid)
             .execute(&mut observer)
@@ -137,18 +138,4 @@ async fn wait_for_leader(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Err(format!("no new leader within {limit:?}").into())
-}
-
-/// The backend that holds `key`.
-async fn holder(observer: &mut PgConnection, key: LockId) -> Result<i32, sqlx::Error> {
-    let (classid, objid, objsubid) = key.pg_locks_row();
-    sqlx::query_scalar(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
-           AND classid::int8 = $1 AND objid::int8 = $2 AND objsubid = $3",
-    )
-    .bind(i64::from(classid))
-    .bind(i64::from(objid))
-    .bind(objsubid)
-    .fetch_one(observer)
-    .await
 }

@@ -194,6 +194,21 @@ pub async fn is_free(id: LockId) -> bool {
     taken
 }
 
+/// The sessions (pids) that hold `id` granted, in any mode, whoever they are.
+pub async fn holders(observer: &mut PgConnection, id: LockId) -> Vec<i32> {
+    let (classid, objid, objsubid) = id.pg_locks_row();
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+            AND classid::int8 = $1 AND objid::int8 = $2 AND objsubid = $3 ORDER BY pid",
+    )
+    .bind(i64::from(classid))
+    .bind(i64::from(objid))
+    .bind(objsubid)
+    .fetch_all(observer)
+    .await
+    .expect("read pg_locks")
+}
+
 /// A throwaway PostgreSQL cluster owned by this process.
 #[derive(Debug)]
 pub struct TestServer {

@@ -283,18 +283,7 @@ async fn a_release_on_another_session_is_refused_and_touches_nothing() {
 
         let mut observer = connect().await;
         for id in &ids {
-            let holders: Vec<i32> = sqlx::query_scalar(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
-                   AND classid::int8 = $1 AND objid::int8 = $2 AND objsubid = $3 \
-                   AND pid = ANY($4) ORDER BY pid",
-            )
-            .bind(i64::from(id.pg_locks_row().0))
-            .bind(i64::from(id.pg_locks_row().1))
-            .bind(id.pg_locks_row().2)
-            .bind(pids.to_vec())
-            .fetch_all(&mut observer)
-            .await
-            .unwrap();
+            let holders = alock_dev::holders(&mut observer, *id).await;
             let mut expected = if *id == ids[0] {
                 pids.to_vec()
             } else {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use alock::prelude::*;
 use alock_dev::{
-    Held, PoolMode, assert_answers, backend_pid, connect, held, hold_elsewhere, is_free,
+    Held, PoolMode, assert_answers, backend_pid, connect, held, hold_elsewhere, holders, is_free,
     pgbouncer_url, unique_key, unique_keys, unlock_all, until_waiting,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -394,22 +394,6 @@ async fn transactions_are_refused_through_statement_mode() {
         "unexpected error: {error:?}"
     );
     assert!(is_free(id).await);
-}
-
-/// The server sessions that hold `id` in `pg_locks`, from a direct session.
-async fn holders(observer: &mut PgConnection, id: LockId) -> Vec<i32> {
-    let (classid, objid, objsubid) = id.pg_locks_row();
-    sqlx::query_scalar(
-        "SELECT pid FROM pg_locks
-          WHERE locktype = 'advisory' AND granted
-            AND classid::int8 = $1 AND objid::int8 = $2 AND objsubid = $3",
-    )
-    .bind(i64::from(classid))
-    .bind(i64::from(objid))
-    .bind(objsubid)
-    .fetch_all(observer)
-    .await
-    .expect("read pg_locks")
 }
 
 /// Keeps the server session `pid` busy in a transaction through the pooler,
