@@ -388,3 +388,73 @@ async fn a_server_restart_is_noticed_and_the_leader_leads_again() {
     stop_tx.send(true).unwrap();
     assert!(matches!(leader.await.unwrap(), Ok(None)));
 }
+
+/// A lost leader's closure is cancelled: dropped within the detection bound
+/// of the loss, so that it never passes another await point.
+#[tokio::test]
+async fn a_lost_leaders_closure_never_passes_another_await() {
+    let key = unique_keys(1)[0];
+    let pool = pool_at(database_url()).await;
+    let ticks = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(AtomicBool::new(false));
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let leader = tokio::spawn({
+        let (ticks, dropped) = (ticks.clone(), dropped.clone());
+        async move {
+            let stop = async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            };
+            options()
+                .lead(&pool, key, stop, move |_lease: Arc<Lease>| {
+                    let (ticks, dropped) = (ticks.clone(), dropped.clone());
+                    async move {
+                        struct Dropped(Arc<AtomicBool>);
+                        impl Drop for Dropped {
+                            fn drop(&mut self) {
+                                self.0.store(true, Ordering::SeqCst);
+                            }
+                        }
+                        let _dropped = Dropped(dropped);
+                        // Only the first term counts its awaits.
+                        if ticks.load(Ordering::SeqCst) > 0 {
+                            return std::future::pending().await;
+                        }
+                        loop {
+                            ticks.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                })
+                .await
+        }
+    });
+    let mut observer = connect().await;
+    while ticks.load(Ordering::SeqCst) < 3 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let [pid] = alock_dev::holders(&mut observer, key).await[..] else {
+        panic!("the leader holds the key")
+    };
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&mut observer)
+        .await
+        .unwrap();
+    let killed = Instant::now();
+    while !dropped.load(Ordering::SeqCst) {
+        assert!(
+            killed.elapsed() < EVERY * 2 + Duration::from_secs(1),
+            "the closure was not dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let at_drop = ticks.load(Ordering::SeqCst);
+    tokio::time::sleep(EVERY * 3).await;
+    assert_eq!(
+        ticks.load(Ordering::SeqCst),
+        at_drop,
+        "no await passed after the drop"
+    );
+    stop_tx.send(true).unwrap();
+    assert!(matches!(leader.await.unwrap(), Ok(None)));
+}
