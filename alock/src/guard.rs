@@ -105,8 +105,9 @@ impl<C: GuardConnection> LockGuard<C> {
     /// # Errors
     ///
     /// As for [`AdvisoryLockExt::lock_exclusive`](crate::AdvisoryLockExt::lock_exclusive).
-    /// An owned connection is closed after an error, and with it any lock
-    /// of its session.
+    /// The connection is dropped with the error: an owned `PgConnection` is
+    /// closed, and a pooled one goes back to its pool with whatever cleanup
+    /// the call queued on it.
     pub async fn lock_exclusive(conn: C, keys: impl AdvisoryKeys) -> Result<Self, Error> {
         let ids = key::ids_of(&keys)?;
         let guard = Self::acquire(conn, ids, false, Patience::Forever).await?;

@@ -28,10 +28,11 @@ pub enum LostCause {
     /// The connection now runs on another server session than the one that
     /// took the lock, as behind a pooler in transaction mode.
     SessionChanged,
-    /// A check got no answer within the check interval: the connection
-    /// hangs (a network that drops packets, a server that stopped
-    /// answering). The lease closes it; the server frees the lock when it
-    /// notices the session is gone.
+    /// A check got no answer within the check interval, or could not be
+    /// made because the connection stayed borrowed: the connection hangs (a
+    /// network that drops packets, a server that stopped answering) or is
+    /// busy. The lease closes it; the server frees the lock when it notices
+    /// the session is gone.
     Unresponsive,
     /// A check failed otherwise; the message says how.
     CheckFailed(String),
@@ -148,10 +149,11 @@ impl LeaseOptions {
     /// returned; when `stop` completes, the lease is released and `None`
     /// returned.
     ///
-    /// No two instances run `f` at once, provided that each instance's
-    /// timers run at about the same rate (within a tenth; no clock needs to
-    /// agree with another's) and that no process is paused, as by a
-    /// debugger or a stopped VM, for longer than the margin.
+    /// No two instances run `f` at once, provided that every instance uses
+    /// the same check interval, that their timers run at about the same
+    /// rate (within a tenth; no clock needs to agree with another's), and
+    /// that no process is paused, as by a debugger or a stopped VM, for
+    /// longer than the margin.
     ///
     /// # Errors
     ///
@@ -357,7 +359,9 @@ impl Lease {
     }
 
     /// The lease's connection, to run queries on the session that holds
-    /// the lock; checks wait while it is borrowed.
+    /// the lock. Checks wait while it is borrowed, and a check that cannot
+    /// be made within the check interval counts as a loss
+    /// ([`LostCause::Unresponsive`]): keep borrows shorter than that.
     ///
     /// # Errors
     ///
@@ -365,6 +369,9 @@ impl Lease {
     /// closed.
     pub async fn connection(&self) -> Result<MappedMutexGuard<'_, PgConnection>, Error> {
         let guard = self.shared.guard.lock().await;
+        if !self.is_held() {
+            return Err(Error::LeaseLost(self.cause()));
+        }
         MutexGuard::try_map(guard, |g| g.as_mut().map(|g| g.connection()))
             .map_err(|_| Error::LeaseLost(self.cause()))
     }
@@ -393,6 +400,11 @@ impl Lease {
         });
         self.checker.abort();
         match guard {
+            // Found lost, but not closed yet: the loss stands.
+            Some(mut guard) if !matches!(*self.shared.state.borrow(), State::Released) => {
+                guard.close_connection();
+                Err(Error::LeaseLost(self.cause()))
+            }
             Some(guard) => guard.release().await,
             None => Err(Error::LeaseLost(self.cause())),
         }
@@ -456,23 +468,34 @@ impl LeaseWatch {
 async fn check(shared: Arc<Shared>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
-        let mut slot = shared.guard.lock().await;
-        let Some(guard) = slot.as_mut() else { return };
-        let cause = match tokio::time::timeout(every, guard.check()).await {
-            Ok(Ok(true)) => continue,
-            Ok(Ok(false)) => LostCause::NotHeld,
-            Ok(Err(Error::SessionChanged { .. })) => LostCause::SessionChanged,
-            Ok(Err(e)) if e.is_connection_lost() => LostCause::SessionEnded,
-            Ok(Err(e)) => LostCause::CheckFailed(e.to_string()),
+        // Waiting for a borrowed connection counts against the same
+        // interval as the answer: a lease that cannot be checked in time
+        // cannot be vouched for.
+        let checked = tokio::time::timeout(every, async {
+            let mut slot = shared.guard.lock().await;
+            match slot.as_mut() {
+                Some(guard) => Some(guard.check().await),
+                None => None,
+            }
+        })
+        .await;
+        let cause = match checked {
+            Ok(None) => return,
+            Ok(Some(Ok(true))) => continue,
+            Ok(Some(Ok(false))) => LostCause::NotHeld,
+            Ok(Some(Err(Error::SessionChanged { .. }))) => LostCause::SessionChanged,
+            Ok(Some(Err(e))) if e.is_connection_lost() => LostCause::SessionEnded,
+            Ok(Some(Err(e))) => LostCause::CheckFailed(e.to_string()),
             Err(_) => LostCause::Unresponsive,
         };
-        // Whatever the session still holds goes with it: the connection is
-        // closed, not returned to the pool.
-        if let Some(mut guard) = slot.take() {
-            guard.close_connection();
-        }
+        // Said first, so that whoever borrows the connection lets go of it
+        // (a leader's work is dropped); then whatever the session still
+        // holds goes with the connection, closed rather than returned.
         tracing::warn!(cause = %cause, "alock: lease lost");
         shared.state.send_replace(State::Lost(cause));
+        if let Some(mut guard) = shared.guard.lock().await.take() {
+            guard.close_connection();
+        }
         return;
     }
 }

@@ -13,6 +13,7 @@ use alock::{Error, Lease, LeaseOptions, LostCause};
 use alock_dev::{RoundTrips, backend_pid, connect, database_url, is_free, unique_keys};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use std::sync::atomic::AtomicI32;
 
 const EVERY: Duration = Duration::from_millis(200);
 
@@ -457,4 +458,158 @@ async fn a_lost_leaders_closure_never_passes_another_await() {
     );
     stop_tx.send(true).unwrap();
     assert!(matches!(leader.await.unwrap(), Ok(None)));
+}
+
+/// A user task that keeps `lease.connection()` borrowed, working between
+/// queries, cannot hide a loss: a check that cannot be made in time counts
+/// as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loss_is_noticed_while_the_user_borrows_the_connection() {
+    let id = unique_keys(1)[0];
+    let pool = pool_at(database_url()).await;
+    let lease = Arc::new(
+        Lease::options()
+            .check_every(EVERY)
+            .exclusive(&pool, id)
+            .await
+            .unwrap(),
+    );
+    let pid = backend_pid(&mut *lease.connection().await.unwrap()).await;
+    let l2 = lease.clone();
+    let user = tokio::spawn(async move {
+        let _conn = l2.connection().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await; // "work" while holding the connection
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut observer = connect().await;
+    let killed = Instant::now();
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&mut observer)
+        .await
+        .unwrap();
+    // Another session can now take the key...
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(is_free(id).await, "server freed the key");
+    let r = tokio::time::timeout(EVERY * 2 + Duration::from_secs(1), lease.lost()).await;
+    eprintln!(
+        "lost() after {:?}: {:?}; is_held={}",
+        killed.elapsed(),
+        r,
+        lease.is_held()
+    );
+    assert!(
+        r.is_ok(),
+        "lost() did not fire within the detection bound (+1s) while the connection was borrowed"
+    );
+    user.abort();
+}
+
+/// Two leaders whose work keeps its lease's connection borrowed: when the
+/// first one's backend is killed, its work is dropped before the second's
+/// starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_never_overlap_when_their_work_keeps_the_connection() {
+    let key = unique_keys(1)[0];
+    let running = Arc::new(AtomicUsize::new(0));
+    let max_running = Arc::new(AtomicUsize::new(0));
+    let pid_a = Arc::new(AtomicI32::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..2 {
+        let pool = pool_at(database_url()).await;
+        let (running, max_running, pid_a) = (running.clone(), max_running.clone(), pid_a.clone());
+        if i == 1 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        tasks.push(tokio::spawn(async move {
+            Lease::options()
+                .check_every(EVERY)
+                .lead(
+                    &pool,
+                    key,
+                    std::future::pending(),
+                    move |lease: Arc<Lease>| {
+                        let (running, max_running, pid_a) =
+                            (running.clone(), max_running.clone(), pid_a.clone());
+                        async move {
+                            struct Dec(Arc<AtomicUsize>);
+                            impl Drop for Dec {
+                                fn drop(&mut self) {
+                                    self.0.fetch_sub(1, Ordering::SeqCst);
+                                }
+                            }
+                            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                            max_running.fetch_max(now, Ordering::SeqCst);
+                            let _d = Dec(running.clone());
+                            // A leader that keeps its session's connection for its work.
+                            let mut conn = lease.connection().await.unwrap();
+                            let pid = backend_pid(&mut conn).await;
+                            pid_a.store(pid, Ordering::SeqCst);
+                            loop {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            } // the work
+                        }
+                    },
+                )
+                .await
+        }));
+    }
+    // Wait for a leader, then kill its backend.
+    let start = Instant::now();
+    while pid_a.load(Ordering::SeqCst) == 0 && start.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = pid_a.load(Ordering::SeqCst);
+    assert_ne!(first, 0);
+    let mut observer = connect().await;
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .execute(&mut observer)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mx = max_running.load(Ordering::SeqCst);
+    eprintln!(
+        "max concurrently running f: {mx}, now {}",
+        running.load(Ordering::SeqCst)
+    );
+    for t in tasks {
+        t.abort();
+    }
+    assert_eq!(mx, 1, "two instances ran f at once");
+}
+
+/// The network is cut while the user's query on `lease.connection()` is in
+/// flight: the query hangs, and the loss is noticed all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_network_is_noticed_while_a_user_query_hangs_on_it() {
+    let id = unique_keys(1)[0];
+    let proxy = RoundTrips::start(database_url()).await;
+    let pool = pool_at(proxy.url()).await;
+    let lease = Arc::new(
+        Lease::options()
+            .check_every(EVERY)
+            .exclusive(&pool, id)
+            .await
+            .unwrap(),
+    );
+    let l2 = lease.clone();
+    let user = tokio::spawn(async move {
+        loop {
+            let mut conn = l2.connection().await.unwrap();
+            let _ = sqlx::query("SELECT pg_sleep(0.05)")
+                .execute(&mut *conn)
+                .await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cut = Instant::now();
+    proxy.cut();
+    let r = tokio::time::timeout(EVERY * 2 + Duration::from_secs(3), lease.lost()).await;
+    eprintln!("after {:?}: {:?}", cut.elapsed(), r);
+    user.abort();
+    assert!(
+        r.is_ok(),
+        "lost() did not fire after a cut while a user query was in flight"
+    );
 }
