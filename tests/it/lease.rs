@@ -474,7 +474,7 @@ async fn a_loss_is_noticed_while_the_user_borrows_the_connection() {
             .await
             .unwrap(),
     );
-    let pid = backend_pid(&mut *lease.connection().await.unwrap()).await;
+    let pid = backend_pid(&mut lease.connection().await.unwrap()).await;
     let l2 = lease.clone();
     let user = tokio::spawn(async move {
         let _conn = l2.connection().await.unwrap();
