@@ -292,6 +292,42 @@ async fn killing_the_tool_frees_the_lock_for_other_sessions() {
     let _ = std::fs::remove_file(&ready);
 }
 
+/// The tool's session ended while the command ran (an operator, an
+/// idle-session timeout): the tool says so at once, stops the command, and
+/// exits 69 instead of letting it run on unlocked.
+#[tokio::test]
+async fn a_lock_lost_while_the_command_runs_stops_it_and_says_so() {
+    let key = unique_key();
+    let ready = temp_file(&format!("{}.ready", unique_name("lost")));
+    let script = format!("echo ready > '{}'; exec sleep 60", ready.display());
+    let run = alock(&["run", "--pair", &pair_arg(key), "--", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    until_written(&ready).await;
+    let mut observer = connect().await;
+    let [pid] = alock_dev::holders(&mut observer, key).await[..] else {
+        panic!("the tool holds the key")
+    };
+    let ended = Instant::now();
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&mut observer)
+        .await
+        .unwrap();
+    let out = within(run.wait_with_output()).await.unwrap();
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the lock was lost while sh ran"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        ended.elapsed() < Duration::from_secs(10),
+        "the command was stopped"
+    );
+    let _ = std::fs::remove_file(&ready);
+}
+
 #[tokio::test]
 async fn locks_shows_a_holder_and_its_waiter_as_a_table_a_tree_and_json() {
     let key = unique_key();

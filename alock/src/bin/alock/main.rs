@@ -70,7 +70,7 @@ struct Failure {
 }
 
 impl Failure {
-    fn usage(message: impl Into<String>) -> Failure {
+    pub(crate) fn usage(message: impl Into<String>) -> Failure {
         Failure {
             status: EX_USAGE,
             message: message.into(),

@@ -2,7 +2,10 @@
 //!
 //! The lock is a session-level lock on the tool's own connection, so it is
 //! held exactly as long as that session: released when the command exits,
-//! and by the server when the tool dies, however it dies.
+//! and by the server when the tool dies, however it dies. While the command
+//! runs, the tool checks every second that its session still holds the
+//! lock; if the session was ended (an operator, `idle_session_timeout`, a
+//! broken network), it says so, sends the command SIGTERM and exits 69.
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
@@ -15,6 +18,9 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::keys::KeyArgs;
 use crate::{EX_TEMPFAIL, EX_UNAVAILABLE, Failure};
+
+/// How often the tool asks whether its session still holds the lock.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -69,6 +75,10 @@ pub async fn main(url: Option<String>, args: Args) -> Result<ExitCode, Failure> 
                 eprintln!("alock: {} {is} busy{holders}; {why}", list(&ids, &names));
                 return Ok(ExitCode::from(EX_TEMPFAIL));
             }
+            // A bad argument, refused before anything reached the server.
+            Err(e @ (alock::Error::TimeoutTooLong(_) | alock::Error::InvalidKeys(_))) => {
+                return Err(Failure::usage(format!("cannot take the lock: {e}")));
+            }
             Err(e) => return Err(Failure::server(format!("cannot take the lock: {e}"))),
         },
     };
@@ -88,16 +98,38 @@ pub async fn main(url: Option<String>, args: Args) -> Result<ExitCode, Failure> 
             return Ok(ExitCode::from(status));
         }
     };
+    // The session is asked every CHECK_EVERY whether it still holds the
+    // lock (which also keeps it from looking idle to idle_session_timeout):
+    // a lock lost while the command runs is said at once, and the command
+    // is told to stop.
+    let mut guard = guard;
+    let mut checks = tokio::time::interval(CHECK_EVERY);
+    checks.tick().await;
+    let mut lost = false;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
             signo = signals.recv() => forward(&child, signo),
+            _ = checks.tick(), if !lost => {
+                let why = match tokio::time::timeout(CHECK_EVERY, guard.held_on_server()).await {
+                    Ok(Ok(true)) => continue,
+                    Ok(Ok(false)) => "the session no longer holds it".to_owned(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "the server stopped answering".to_owned(),
+                };
+                eprintln!("alock: the lock was lost while {program} ran ({why}); stopping it");
+                lost = true;
+                forward(&child, SignalKind::terminate().as_raw_value());
+            }
         }
     };
     let status = match status {
         Ok(status) => exit_code(status),
         Err(e) => return Err(Failure::server(format!("cannot wait for {program}: {e}"))),
     };
+    if lost {
+        return Ok(ExitCode::from(EX_UNAVAILABLE));
+    }
 
     match guard.release().await {
         Ok(()) => Ok(status),
