@@ -528,10 +528,11 @@ async fn cancels_at_random_moments_never_leave_ids_held() {
 
     let pairs = unique_keys(16);
     let int8s = unique_int8_keys(2);
-    // The free-first statement, in both forms. The function's path (more
-    // than 16 ids, mixed forms) is left out: under load it left one id of
-    // twenty held after a cancel about once in ten runs, for a reason not
-    // found yet (see BENCHMARKS.md, "What stays, and why").
+    // Several ids, through the body, in both forms. Under the whole suite's
+    // load this has failed about once in ten runs, with one id and its
+    // record left after a cancel the body reported as caught; not
+    // reproduced alone (27,000 acquires), and not explained yet. The
+    // failure prints the session's rows.
     let sets = [pairs[..4].to_vec(), pairs[4..16].to_vec(), int8s.clone()];
     let (mut cancelled, mut late) = (0, 0);
     for ids in &sets {
@@ -583,12 +584,21 @@ async fn cancels_at_random_moments_never_leave_ids_held() {
                     continue;
                 }
             };
-            assert_eq!(
-                held,
-                0,
-                "ids left held after {result:?} on {} ids",
-                ids.len()
-            );
+            if held != 0 {
+                let rows: Vec<(i64, i64, i16, String, bool)> = sqlx::query_as(
+                    "SELECT classid::int8, objid::int8, objsubid, mode, granted FROM pg_locks \
+                      WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+                )
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+                let wanted: Vec<_> = ids.iter().map(|id| id.pg_locks_row()).collect();
+                panic!(
+                    "ids left held after {result:?} on {} ids: the session's rows {rows:?}, \
+                     the ids {wanted:?}",
+                    ids.len()
+                );
+            }
         }
     }
     stop.store(true, Ordering::SeqCst);
