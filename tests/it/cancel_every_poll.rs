@@ -138,3 +138,90 @@ async fn a_release_dropped_after_any_poll_still_releases_exactly_its_hold() {
         }
     }
 }
+
+/// The guard's own constructor, nested on a connection an outer lock object
+/// holds, dropped after any poll: the outer hold stays, nothing else does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_constructor_dropped_after_any_poll_keeps_the_outer_hold() {
+    let mut observer = connect().await;
+    for warm in [false, true] {
+        for polls in 0..8 {
+            let outer_id = unique_keys(1)[0];
+            let mut conn = fresh_or_warm(warm).await;
+            let pid = backend_pid(&mut conn).await;
+            let mut outer = ExclusiveLock::new(&mut conn, outer_id);
+            outer.acquire().await.unwrap();
+            let ids = inner_ids(outer_id);
+            let take = alock::LockGuard::lock_shared(outer.connection(), ids.clone());
+            if poll_then_drop(take, polls, polls % 2 == 0).await {
+                continue; // finished: its guard was dropped, which is tested elsewhere
+            }
+            assert_answers(outer.connection(), "after a dropped guard constructor").await;
+            assert_eq!(held(&mut observer, pid, outer_id).await, Held::Exclusive);
+            for id in &ids[1..] {
+                assert_eq!(
+                    held(&mut observer, pid, *id).await,
+                    Held::Nothing,
+                    "polls {polls}"
+                );
+            }
+            outer.release().await.unwrap();
+            assert!(is_free(outer_id).await);
+        }
+    }
+}
+
+/// The pool's new calls dropped after any poll, each on a fresh connection:
+/// once the pool has closed or reused it, no id is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_calls_dropped_after_any_poll_leave_nothing() {
+    use alock::prelude::*;
+    for polls in 0..8 {
+        let ids = inner_ids(unique_keys(1)[0]);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(alock_dev::database_url())
+            .await
+            .unwrap();
+        let calls: [std::pin::Pin<Box<dyn Future<Output = ()> + Send>>; 3] = [
+            Box::pin({
+                let (pool, ids) = (pool.clone(), ids.clone());
+                async move {
+                    let _ = pool
+                        .lock_exclusive_timeout(ids, Duration::from_secs(5))
+                        .await;
+                }
+            }),
+            Box::pin({
+                let (pool, ids) = (pool.clone(), ids.clone());
+                async move {
+                    let _ = pool.lease_exclusive(ids).await;
+                }
+            }),
+            Box::pin({
+                let (pool, ids) = (pool.clone(), ids.clone());
+                async move {
+                    let _ = alock::Lease::options().try_exclusive(&pool, ids).await;
+                }
+            }),
+        ];
+        for call in calls {
+            poll_then_drop(call, polls, polls % 2 == 0).await;
+            for id in &ids {
+                let started = std::time::Instant::now();
+                while !is_free(*id).await {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(10),
+                        "{id} stays held"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        assert_answers(
+            &mut pool.acquire().await.unwrap(),
+            "the pool after the drops",
+        )
+        .await;
+    }
+}
