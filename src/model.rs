@@ -1079,7 +1079,7 @@ struct World {
 async fn open_session(prepare: bool) -> Result<(PgConnection, i32), String> {
     let mut conn = connect().await;
     // Superuser only; on a server of one's own without it, waits are sliced
-    // at the default 1.1 s.
+    // at up to 900 ms.
     let _ = sqlx::query("SET deadlock_timeout = '100ms'")
         .execute(&mut conn)
         .await;

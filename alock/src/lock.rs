@@ -73,7 +73,7 @@ impl Mode for Shared {
 /// | call | round trips |
 /// |---|---|
 /// | [`acquire`], [`try_acquire`], [`acquire_timeout`] of free ids | 1 |
-/// | [`acquire`], [`acquire_timeout`] of ids another session holds | 1, and 1 more per `deadlock_timeout` + 100 ms of waiting |
+/// | [`acquire`], [`acquire_timeout`] of ids another session holds | 1, and 1 more per slice of waiting (900 ms at most; `deadlock_timeout` + 100 ms when that is less) |
 /// | [`try_acquire`] that finds an id busy and gives back the rest | 1 |
 /// | [`release`] | 1 |
 /// | re-entrant [`acquire`] or [`release`] | 0 |
@@ -173,8 +173,8 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
     ///
     /// Dropping the future leaves the object not held and gives back
     /// whatever the call took before the connection's next use. The server
-    /// stops waiting within a second or so (`deadlock_timeout` + 100 ms), and
-    /// the connection's next use waits at most that long.
+    /// stops waiting within 900 ms, and the connection's next use waits at
+    /// most that long.
     pub async fn acquire(&mut self) -> Result<(), Error> {
         self.take(Patience::Forever).await.map(|_| ())
     }

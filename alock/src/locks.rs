@@ -221,9 +221,9 @@ pub struct LockInfo {
     /// first moment of a wait, before the server has recorded its start.
     ///
     /// The server counts from the start of the current statement's wait. A
-    /// blocking acquire of this crate waits in slices of
-    /// `deadlock_timeout` + 100 ms (1.1 s by default), one statement each,
-    /// so for its sessions this is the time since the current slice began.
+    /// blocking acquire of this crate waits in slices of under a second, one
+    /// statement each, so for its sessions this is the time since the
+    /// current slice began.
     pub waited: Option<Duration>,
     /// For a waiter, the sessions it waits behind (`pg_blocking_pids`):
     /// those holding the key in a conflicting mode, and those queued ahead

@@ -36,8 +36,8 @@ macro_rules! first_record {
 }
 
 /// The session's functions; the version changes whenever a body does.
-const ACQUIRE_FN: &str = "pg_temp.alock_v4_acquire";
-const RELEASE_FN: &str = "pg_temp.alock_v4_release";
+const ACQUIRE_FN: &str = "pg_temp.alock_v5_acquire";
+const RELEASE_FN: &str = "pg_temp.alock_v5_release";
 
 /// The per-id lock call of a body, on `k[j]` or `(a[j], b[j])`, in the mode
 /// chosen by the body's `shared` argument.
@@ -55,8 +55,8 @@ fn call(function: &str, j: &str) -> String {
 /// Declarations of [`body`] beyond its arguments.
 const BODY_DECLARATIONS: &str = "\
     n int := greatest(cardinality(k), cardinality(a)); \
-    taken int := 0; waiting int := 0; waited bool := false; outcome text; \
-    saved text; slice int8; budget int8; remaining int8; ignored text;";
+    taken int := 0; waiting int := 0; outcome text; \
+    saved text; slice int8; remaining int8; ignored text;";
 
 /// Gives back the ids a body took (`taken` of them) with their records,
 /// each id with its record in one statement, retried where an interrupt (a
@@ -83,14 +83,54 @@ fn give_back() -> String {
 /// Starts waiting: sets `lock_timeout` to one slice, or to what is left of
 /// the call's budget if less, for the transaction: a session-level acquire
 /// runs outside transactions, so it ends with its statement; a
-/// transaction-level one restores it.
+/// transaction-level one restores it. A slice is `deadlock_timeout` + 100
+/// ms, so that the server's deadlock detector runs in it, but at most 900
+/// ms less a random part of up to 150 ms, so that an abandoned wait ends
+/// within 900 ms and two waits do not end their slices in step. The body
+/// itself looks for deadlocks at the end of a slice ([`deadlocked`]).
+/// `remaining` is NULL when the call has no budget.
 const START_WAITING: &str = "\
     saved := current_setting('lock_timeout'); \
-    slice := (extract(epoch FROM current_setting('deadlock_timeout')::interval) * 1000)::int8 + 100; \
-    budget := CASE WHEN wait_ms > 0 THEN wait_ms \
-                   ELSE (extract(epoch FROM saved::interval) * 1000)::int8 END; \
-    remaining := CASE WHEN budget > 0 THEN greatest(budget - greatest(waited_ms, 0), 1) END; \
+    slice := least((date_part('epoch', current_setting('deadlock_timeout')::interval) * 1000)::int8 \
+                   + 100, 900 - (random() * 150)::int8); \
+    remaining := CASE WHEN wait_ms > 0 THEN greatest(wait_ms - greatest(waited_ms, 0), 1) \
+                      WHEN saved <> '0' \
+                      THEN greatest((date_part('epoch', saved::interval) * 1000)::int8 \
+                                    - greatest(waited_ms, 0), 1) END; \
     ignored := set_config('lock_timeout', least(coalesce(remaining, slice), slice) || 'ms', true);";
+
+/// Whether, at the end of a slice spent waiting for id `i` (a PL/pgSQL
+/// expression), a session that holds that id waits, directly or through
+/// others, for a lock this session holds: a deadlock the server's detector
+/// did not see, because a slice shorter than `deadlock_timeout` ended the
+/// wait first. The session is out of every wait queue then, so every edge
+/// into it is a lock it holds; `pg_blocking_pids` gives the others.
+fn deadlocked(i: &str) -> String {
+    format!(
+        "EXISTS (WITH RECURSIVE blocker(pid) AS ( \
+                   SELECT l.pid FROM pg_locks l \
+                    WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid() \
+                      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                      AND (NOT shared OR l.mode = 'ExclusiveLock') \
+                      AND {matches} \
+                   UNION \
+                   SELECT w.p FROM blocker, unnest(pg_blocking_pids(blocker.pid)) AS w(p)) \
+                 SELECT FROM blocker WHERE pid = pg_backend_pid())",
+        matches = is_id("l", i),
+    )
+}
+
+/// Whether the `pg_locks` row `l` is the lock of id `i` (a PL/pgSQL
+/// expression), in either form.
+fn is_id(l: &str, i: &str) -> String {
+    format!(
+        "{l}.objsubid = CASE WHEN a[{i}] IS NULL THEN 1 ELSE 2 END \
+         AND {l}.classid::int8 = CASE WHEN a[{i}] IS NULL THEN (k[{i}] >> 32) & 4294967295 \
+                                      ELSE a[{i}]::int8 & 4294967295 END \
+         AND {l}.objid::int8 = CASE WHEN a[{i}] IS NULL THEN k[{i}] & 4294967295 \
+                                    ELSE b[{i}]::int8 & 4294967295 END"
+    )
+}
 
 /// Whether `pg_locks` shows id `i` (a PL/pgSQL expression) granted to this
 /// session in the body's mode.
@@ -99,11 +139,8 @@ fn granted_to_session(i: &str) -> String {
         "EXISTS (SELECT FROM pg_locks \
                   WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid() \
                     AND mode = CASE WHEN shared THEN 'ShareLock' ELSE 'ExclusiveLock' END \
-                    AND objsubid = CASE WHEN a[{i}] IS NULL THEN 1 ELSE 2 END \
-                    AND classid::int8 = CASE WHEN a[{i}] IS NULL THEN (k[{i}] >> 32) & 4294967295 \
-                                             ELSE a[{i}]::int8 & 4294967295 END \
-                    AND objid::int8 = CASE WHEN a[{i}] IS NULL THEN k[{i}] & 4294967295 \
-                                           ELSE b[{i}]::int8 & 4294967295 END)"
+                    AND {matches})",
+        matches = is_id("pg_locks", i),
     )
 }
 
@@ -138,6 +175,7 @@ pub(crate) fn body() -> String {
     let session_try = call("pg_try_advisory_lock", "j");
     let session_wait = call("pg_advisory_lock", "j");
     let granted_to_session = granted_to_session("waiting");
+    let deadlocked = deadlocked("waiting");
     let give_back = give_back();
     format!(
         "BEGIN \
@@ -146,7 +184,7 @@ pub(crate) fn body() -> String {
                IF NOT ({xact_try}) THEN \
                  IF wait_ms = 0 THEN RAISE SQLSTATE 'AL002'; END IF; \
                  IF slice IS NULL THEN {START_WAITING} END IF; \
-                 waited := true; \
+                 waiting := j; \
                  PERFORM {xact_wait}; \
                END IF; \
              ELSE \
@@ -159,7 +197,6 @@ pub(crate) fn body() -> String {
                IF taken < j THEN \
                  IF wait_ms = 0 THEN RAISE SQLSTATE 'AL002'; END IF; \
                  IF slice IS NULL THEN {START_WAITING} END IF; \
-                 waited := true; \
                  waiting := CASE WHEN pg_try_advisory_lock_shared({TOKEN_NAMESPACE} + j, token) \
                                  THEN j ELSE -1 END; \
                  IF waiting < 0 THEN \
@@ -169,7 +206,7 @@ pub(crate) fn body() -> String {
                END IF; \
              END IF; \
            END LOOP; \
-           outcome := CASE WHEN waited OR waited_ms <> 0 THEN 'waited' ELSE 'acquired' END; \
+           outcome := CASE WHEN slice IS NOT NULL OR waited_ms <> 0 THEN 'waited' ELSE 'acquired' END; \
          EXCEPTION \
            WHEN SQLSTATE 'AL002' THEN \
              outcome := 'busy'; \
@@ -180,9 +217,12 @@ pub(crate) fn body() -> String {
                WHEN remaining IS NULL OR remaining > slice THEN 'waiting' \
                WHEN wait_ms > 0 THEN 'busy' \
                ELSE SQLSTATE || ' ' || SQLERRM END; \
-             taken := CASE WHEN waiting > taken AND {granted_to_session} \
+             IF outcome = 'waiting' AND waiting > 0 AND {deadlocked} THEN \
+               outcome := '40P01 deadlock detected'; \
+             END IF; \
+             taken := CASE WHEN NOT xact AND waiting > taken AND {granted_to_session} \
                            THEN waiting ELSE taken END; \
-             waiting := CASE WHEN waiting > taken \
+             waiting := CASE WHEN NOT xact AND waiting > taken \
                                   AND pg_advisory_unlock_shared({TOKEN_NAMESPACE} + waiting, token) \
                              THEN 0 ELSE waiting END; \
              {give_back} \
@@ -259,7 +299,7 @@ pub(crate) const fn lock_one(id: LockId, shared: bool) -> &'static str {
             first_record!(),
             ", $2) THEN 'acquired' ",
             "WHEN $3 = 0 THEN 'busy' ",
-            "ELSE pg_temp.alock_v4_acquire(ARRAY[$1], NULL, NULL, false, false, $3, CASE WHEN $4 = 0 THEN -1 ELSE $4 END, $2) END, pg_backend_pid()"
+            "ELSE pg_temp.alock_v5_acquire(ARRAY[$1], NULL, NULL, false, false, $3, CASE WHEN $4 = 0 THEN -1 ELSE $4 END, $2) END, pg_backend_pid()"
         ),
         (LockId::Int8(_), true) => concat!(
             "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(",
@@ -270,7 +310,7 @@ pub(crate) const fn lock_one(id: LockId, shared: bool) -> &'static str {
             first_record!(),
             ", $2) THEN 'acquired' ",
             "WHEN $3 = 0 THEN 'busy' ",
-            "ELSE pg_temp.alock_v4_acquire(ARRAY[$1], NULL, NULL, true, false, $3, CASE WHEN $4 = 0 THEN -1 ELSE $4 END, $2) END, pg_backend_pid()"
+            "ELSE pg_temp.alock_v5_acquire(ARRAY[$1], NULL, NULL, true, false, $3, CASE WHEN $4 = 0 THEN -1 ELSE $4 END, $2) END, pg_backend_pid()"
         ),
         (LockId::Int4Pair(..), false) => concat!(
             "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(",
@@ -281,7 +321,7 @@ pub(crate) const fn lock_one(id: LockId, shared: bool) -> &'static str {
             first_record!(),
             ", $3) THEN 'acquired' ",
             "WHEN $4 = 0 THEN 'busy' ",
-            "ELSE pg_temp.alock_v4_acquire(NULL, ARRAY[$1], ARRAY[$2], false, false, $4, CASE WHEN $5 = 0 THEN -1 ELSE $5 END, $3) END, pg_backend_pid()"
+            "ELSE pg_temp.alock_v5_acquire(NULL, ARRAY[$1], ARRAY[$2], false, false, $4, CASE WHEN $5 = 0 THEN -1 ELSE $5 END, $3) END, pg_backend_pid()"
         ),
         (LockId::Int4Pair(..), true) => concat!(
             "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(",
@@ -292,7 +332,7 @@ pub(crate) const fn lock_one(id: LockId, shared: bool) -> &'static str {
             first_record!(),
             ", $3) THEN 'acquired' ",
             "WHEN $4 = 0 THEN 'busy' ",
-            "ELSE pg_temp.alock_v4_acquire(NULL, ARRAY[$1], ARRAY[$2], true, false, $4, CASE WHEN $5 = 0 THEN -1 ELSE $5 END, $3) END, pg_backend_pid()"
+            "ELSE pg_temp.alock_v5_acquire(NULL, ARRAY[$1], ARRAY[$2], true, false, $4, CASE WHEN $5 = 0 THEN -1 ELSE $5 END, $3) END, pg_backend_pid()"
         ),
     }
 }
@@ -349,14 +389,14 @@ pub(crate) fn try_xact_one(id: LockId, shared: bool) -> String {
 /// outcome and the session's pid. Bind: `int8[]`, `int4[]`, `int4[]`,
 /// shared, wait_ms, waited_ms, token. 1 round trip.
 pub(crate) const ACQUIRE_MANY: &str =
-    "SELECT pg_temp.alock_v4_acquire($1, $2, $3, $4, false, $5, $6, $7), pg_backend_pid()";
+    "SELECT pg_temp.alock_v5_acquire($1, $2, $3, $4, false, $5, $6, $7), pg_backend_pid()";
 
 /// Calls the session's release function if this is the session that took
 /// the ids (NULL on another, which is left alone); answers how many were
 /// missing and the session's pid. Bind: the arrays in release order,
 /// shared, token, the pid that took them. 1 round trip.
 pub(crate) const RELEASE_MANY: &str = "SELECT CASE WHEN pg_backend_pid() = $6 \
-       THEN pg_temp.alock_v4_release($1, $2, $3, $4, $5) END, pg_backend_pid()";
+       THEN pg_temp.alock_v5_release($1, $2, $3, $4, $5) END, pg_backend_pid()";
 
 /// How many of the given ids this session holds, granted, in the given
 /// mode, and the session's pid. Bind: `int8[]` classids, `int8[]` objids,

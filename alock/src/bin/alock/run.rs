@@ -90,6 +90,12 @@ pub async fn main(url: Option<String>, args: Args) -> Result<ExitCode, Failure> 
         Ok(child) => child,
         Err(e) => {
             eprintln!("alock: cannot run {program}: {e}");
+            // Released before exiting, so that the lock is free once the
+            // tool has exited, not only once the server notices its
+            // session ended.
+            if let Err(e) = guard.release().await {
+                eprintln!("alock: the lock was not held until now: {e}");
+            }
             let status = if e.kind() == std::io::ErrorKind::NotFound {
                 127
             } else {

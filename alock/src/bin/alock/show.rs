@@ -192,9 +192,9 @@ fn blocking_tree(locks: &[LockInfo], names: &KeyNames) -> String {
         .values()
         .flat_map(|l| l.blocked_by.iter().copied())
         .collect();
-    // Sessions in a cycle wait for each other; the server's deadlock
-    // detector breaks it within `deadlock_timeout`. Until then one of them
-    // stands in as a root.
+    // Sessions in a cycle wait for each other until a deadlock detector (the
+    // server's, or this crate's at the end of a slice) breaks it. Until then
+    // one of them stands in as a root.
     let roots: Vec<i32> = blockers
         .iter()
         .copied()
