@@ -139,15 +139,21 @@ async fn take_session(
             token,
         )
         .await;
-        // A statement that failed as a whole may have taken the ids before
-        // it failed: the flight stays armed, and its release is queued.
+        // A statement that failed as a whole may have taken ids before it
+        // failed: the flight releases what its token shows held.
         let outcome = match outcome {
-            // The body catches the lock timeout that ends its wait. One that
-            // escapes it is a late signal of that same timer, delivered after
-            // another interrupt had already ended the wait: for a call with a
-            // limit, the time ran out.
-            Err(Error::LockTimeout(_)) if matches!(patience, Patience::For(_)) => return Ok(None),
-            outcome => outcome?,
+            Ok(outcome) => outcome,
+            Err(error) => {
+                flight.settle().await;
+                // The body catches the lock timeout that ends its wait. One
+                // that escapes it is a late signal of that same timer,
+                // delivered after another interrupt had already ended the
+                // wait: for a call with a limit, the time ran out.
+                return match error {
+                    Error::LockTimeout(_) if matches!(patience, Patience::For(_)) => Ok(None),
+                    error => Err(error),
+                };
+            }
         };
         let (outcome, pid) = outcome;
         match Outcome::parse(&outcome) {
@@ -413,6 +419,8 @@ async fn unlock(
             ) || error.is_connection_lost()
             {
                 flight.disarm();
+            } else {
+                flight.settle().await;
             }
             return Err(error);
         }
@@ -535,7 +543,34 @@ impl<'c, 'i> InFlight<'c, 'i> {
     fn disarm(&mut self) {
         self.armed = false;
     }
+
+    /// After a statement that failed as a whole, with its answer read: runs
+    /// the release of whatever the token shows held now, instead of leaving
+    /// it queued for the connection's next use, where a cancel or a
+    /// `statement_timeout` that lands as it starts would fail it unseen.
+    /// Failing, it is tried again, a few times, and then left queued.
+    async fn settle(mut self) {
+        if self.conn.is_in_transaction() {
+            return;
+        }
+        for _ in 0..SETTLE_TRIES {
+            let text = sql::release_recorded(self.ids, self.shared, self.token);
+            match sqlx::raw_sql(AssertSqlSafe(text))
+                .execute(&mut *self.conn)
+                .await
+                .map_err(Error::from_sqlx)
+            {
+                Ok(_) => return self.disarm(),
+                Err(e) if e.is_connection_lost() => return,
+                Err(_) => {}
+            }
+        }
+    }
 }
+
+/// How many times [`InFlight::settle`] runs its release before it leaves
+/// it queued.
+const SETTLE_TRIES: usize = 3;
 
 impl Drop for InFlight<'_, '_> {
     fn drop(&mut self) {
