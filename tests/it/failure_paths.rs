@@ -7,7 +7,7 @@ use alock_dev::{
     session_with_deadlock_timeout, set_lock_timeout, unique_int8_keys, unique_key, unique_keys,
     until_gone, until_waiting,
 };
-use sqlx::{Connection, PgConnection};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 /// A session that holds `taken` through one object, then fails to take
 /// `[taken, free, busy]` through another: after the failure it must still
@@ -478,6 +478,23 @@ async fn a_single_id_deadlock_is_typed_and_leaves_the_other_holds() {
 /// free-first statement (4 and 12 pairs, 2 int8 ids).
 #[tokio::test]
 async fn cancels_at_random_moments_never_leave_ids_held() {
+    cancels_at_random_moments(false).await;
+}
+
+/// The same, while another session changes the catalog over and over (as
+/// the rest of the suite does, creating sessions' temporary schemas): each
+/// change invalidates the session's cached plans, and a cancel that lands
+/// while PL/pgSQL plans an expression again leaves it evaluated through the
+/// executor from then on, which checks for interrupts after the expression
+/// ran and before its value is assigned. Before the body counted what it
+/// took from its records, this left an id and its record held after a
+/// cancel the body reported as caught, within a second.
+#[tokio::test]
+async fn cancels_while_plans_are_invalidated_never_leave_ids_held() {
+    cancels_at_random_moments(true).await;
+}
+
+async fn cancels_at_random_moments(churn: bool) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::time::{Duration, Instant};
@@ -525,6 +542,37 @@ async fn cancels_at_random_moments_never_leave_ids_held() {
             });
         })
     };
+
+    // Another session's catalog changes: each invalidates every cached plan
+    // of every session.
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let _stop_on_panic = StopOnDrop(stop.clone());
+    let churner = churn.then(|| {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let mut churner = connect().await;
+                let schema = format!("alock_churn_{}", std::process::id());
+                while !stop.load(Ordering::SeqCst) {
+                    for verb in ["CREATE SCHEMA IF NOT EXISTS", "DROP SCHEMA IF EXISTS"] {
+                        sqlx::raw_sql(AssertSqlSafe(format!("{verb} {schema}")))
+                            .execute(&mut churner)
+                            .await
+                            .unwrap();
+                    }
+                }
+            });
+        })
+    });
 
     let pairs = unique_keys(16);
     let int8s = unique_int8_keys(2);
@@ -603,6 +651,9 @@ async fn cancels_at_random_moments_never_leave_ids_held() {
     }
     stop.store(true, Ordering::SeqCst);
     canceller.join().unwrap();
+    if let Some(churner) = churner {
+        churner.join().unwrap();
+    }
     // The free-first statement is short: most cancels land after it, and a
     // few (a handful in these 750 acquires) inside it. With the record in a
     // setting, the function's path failed this within a few hundred
