@@ -64,14 +64,22 @@ const BODY_DECLARATIONS: &str = "\
 /// after another interrupt ended the wait) lands, so that it ends with none of them
 /// held. Only interrupts are retried: any other error ends the call, and
 /// the cleanup its caller queues finishes the work from the records.
+///
+/// The record goes first, and the id only if the record was held: PL/pgSQL
+/// may evaluate a step through the executor, which checks for interrupts
+/// after the unlocks and before `taken` is counted down, and the retry must
+/// then not unlock the id again (that would give back an outer hold of the
+/// same id). A retry that finds the record gone only counts down, with the
+/// server's warning that it was not held.
 fn give_back() -> String {
     let unlock = call("pg_advisory_unlock", "taken");
     format!(
         "LOOP \
            BEGIN \
              WHILE taken > 0 LOOP \
-               taken := taken - 1 - (({unlock}) IS NULL)::int \
-                        - (pg_advisory_unlock_shared({TOKEN_NAMESPACE} + taken, token) IS NULL)::int; \
+               taken := taken - 1 \
+                        - (CASE WHEN pg_advisory_unlock_shared({TOKEN_NAMESPACE} + taken, token) \
+                                THEN ({unlock}) ELSE true END IS NULL)::int; \
              END LOOP; \
              EXIT; \
            EXCEPTION WHEN query_canceled OR lock_not_available THEN NULL; \
@@ -164,17 +172,26 @@ fn granted_to_session(i: &str) -> String {
 /// is waited for with its record already held: a record whose id is not
 /// held means the session does not hold that id in this mode at all (the
 /// try failed, and a session is always granted at once an id it already
-/// holds in the mode), so releasing "its" id touches no other hold. After
-/// an error, the id being waited for counts as taken when `pg_locks` shows
-/// it held in this mode (the server keeps a grant that raced the error);
-/// otherwise its record is given back. At transaction level every id is tried, then waited for if
-/// busy, and the block's rollback gives back everything on an error.
+/// holds in the mode), so releasing "its" id touches no other hold.
+///
+/// After an error the count `taken` is not trusted: PL/pgSQL evaluates an
+/// expression it could not keep as a simple one (one whose planning an
+/// interrupt cut short, after another session's catalog change had
+/// invalidated the session's plans) through the executor, which checks for
+/// interrupts after the expression took its id and record and before the
+/// count is assigned. So the handler counts from `pg_locks` the records the
+/// call holds (a prefix of its positions); the last of them is the id being
+/// waited for when `pg_locks` does not show that id held in this mode, and
+/// then only its record is given back (a grant that raced the error is
+/// kept, and counted). At transaction level every id is tried, then waited
+/// for if busy (`waiting` says which), and the block's rollback gives back
+/// everything on an error.
 pub(crate) fn body() -> String {
     let xact_try = call("pg_try_advisory_xact_lock", "j");
     let xact_wait = call("pg_advisory_xact_lock", "j");
     let session_try = call("pg_try_advisory_lock", "j");
     let session_wait = call("pg_advisory_lock", "j");
-    let granted_to_session = granted_to_session("waiting");
+    let granted_to_session = granted_to_session("taken");
     let deadlocked = deadlocked("waiting");
     let give_back = give_back();
     format!(
@@ -197,9 +214,7 @@ pub(crate) fn body() -> String {
                IF taken < j THEN \
                  IF wait_ms = 0 THEN RAISE SQLSTATE 'AL002'; END IF; \
                  IF slice IS NULL THEN {START_WAITING} END IF; \
-                 waiting := CASE WHEN pg_try_advisory_lock_shared({TOKEN_NAMESPACE} + j, token) \
-                                 THEN j ELSE -1 END; \
-                 IF waiting < 0 THEN \
+                 IF NOT pg_try_advisory_lock_shared({TOKEN_NAMESPACE} + j, token) THEN \
                    RAISE SQLSTATE 'AL003' USING MESSAGE = 'another session holds this call''s record'; \
                  END IF; \
                  taken := j + (({session_wait}) IS NULL)::int; \
@@ -217,14 +232,20 @@ pub(crate) fn body() -> String {
                WHEN remaining IS NULL OR remaining > slice THEN 'waiting' \
                WHEN wait_ms > 0 THEN 'busy' \
                ELSE SQLSTATE || ' ' || SQLERRM END; \
+             IF NOT xact THEN \
+               taken := (SELECT coalesce(max(l.classid::int8 - {TOKEN_NAMESPACE}), 0) FROM pg_locks l \
+                          WHERE l.locktype = 'advisory' AND l.granted AND l.pid = pg_backend_pid() \
+                            AND l.mode = 'ShareLock' AND l.objsubid = 2 \
+                            AND l.objid::int8 = token::int8 & 4294967295 \
+                            AND l.classid::int8 BETWEEN {TOKEN_NAMESPACE} + 1 \
+                                                    AND {TOKEN_NAMESPACE} + n)::int; \
+               waiting := CASE WHEN taken > 0 AND NOT {granted_to_session} THEN taken ELSE 0 END; \
+             END IF; \
              IF outcome = 'waiting' AND waiting > 0 AND {deadlocked} THEN \
                outcome := '40P01 deadlock detected'; \
              END IF; \
-             taken := CASE WHEN NOT xact AND waiting > taken AND {granted_to_session} \
-                           THEN waiting ELSE taken END; \
-             waiting := CASE WHEN NOT xact AND waiting > taken \
-                                  AND pg_advisory_unlock_shared({TOKEN_NAMESPACE} + waiting, token) \
-                             THEN 0 ELSE waiting END; \
+             taken := taken - (NOT xact AND waiting > 0 \
+                               AND pg_advisory_unlock_shared({TOKEN_NAMESPACE} + waiting, token))::int; \
              {give_back} \
          END; \
          IF slice IS NOT NULL AND xact THEN \
@@ -239,18 +260,27 @@ pub(crate) fn body() -> String {
 /// an interrupt lands; returns how many of the ids the session no longer
 /// held (`missing`). The position and that count share one `int8` (the
 /// position in the low 32 bits), so that a step is one statement.
+///
+/// As in [`give_back`], the record goes first and the id only if the
+/// record was held, so that a step the executor interrupted after its
+/// unlocks never unlocks its id twice when it is retried. A record found
+/// gone counts its id as missing (the session lost both), except at the
+/// position an interrupt was caught at (`retried`), where the step may
+/// have run.
 pub(crate) fn release_body() -> String {
     let unlock = call("pg_advisory_unlock", "(p & 4294967295)::int");
     format!(
         "LOOP \
            BEGIN \
              WHILE (p & 4294967295) > 0 LOOP \
-               p := p - 1 + 4294967296 * (NOT ({unlock}))::int::int8 \
-                    - (pg_advisory_unlock_shared({TOKEN_NAMESPACE} + (p & 4294967295)::int, token) \
-                       IS NULL)::int::int8; \
+               p := p - 1 + 4294967296 * (CASE \
+                      WHEN pg_advisory_unlock_shared({TOKEN_NAMESPACE} + (p & 4294967295)::int, token) \
+                      THEN NOT ({unlock}) \
+                      ELSE (p & 4294967295) <> retried END)::int::int8; \
              END LOOP; \
              EXIT; \
-           EXCEPTION WHEN query_canceled OR lock_not_available THEN NULL; \
+           EXCEPTION WHEN query_canceled OR lock_not_available THEN \
+             retried := p & 4294967295; \
            END; \
          END LOOP; \
          missing := (p >> 32)::int;"
@@ -259,7 +289,7 @@ pub(crate) fn release_body() -> String {
 
 /// Declarations of [`release_body`] beyond its arguments.
 const RELEASE_DECLARATIONS: &str = "\
-    p int8 := greatest(cardinality(k), cardinality(a)); missing int;";
+    p int8 := greatest(cardinality(k), cardinality(a)); retried int8 := 0; missing int;";
 
 /// Creates the session's functions, private to the session and gone when
 /// it ends. One simple query.

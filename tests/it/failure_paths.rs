@@ -8,6 +8,10 @@ use alock_dev::{
     until_gone, until_waiting,
 };
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// A session that holds `taken` through one object, then fails to take
 /// `[taken, free, busy]` through another: after the failure it must still
@@ -494,75 +498,68 @@ async fn cancels_while_plans_are_invalidated_never_leave_ids_held() {
     cancels_at_random_moments(true).await;
 }
 
-async fn cancels_at_random_moments(churn: bool) {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::time::{Duration, Instant};
+/// Cancels for one session, one per armed call, sent from a thread of their
+/// own at a random moment, and, with `churn`, another session changing the
+/// catalog over and over: each change invalidates every cached plan of
+/// every session.
+struct Disturbance {
+    armed: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    idle: Arc<AtomicU64>,
+    sent: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
 
-    let mut conn = connect().await;
-    alock::prepare_session(&mut conn).await.unwrap();
-    let pid = backend_pid(&mut conn).await;
-    let armed = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let idle = Arc::new(AtomicU64::new(0));
-    let sent = Arc::new(AtomicU64::new(0));
-    let canceller = {
-        let (armed, stop, idle, sent) = (armed.clone(), stop.clone(), idle.clone(), sent.clone());
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let mut canceller = connect().await;
-                let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-                while !stop.load(Ordering::SeqCst) {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    let spin = Duration::from_micros(x % 60);
-                    let began = Instant::now();
-                    while began.elapsed() < spin {
-                        std::hint::spin_loop();
-                    }
-                    // One cancel per armed acquire, as a statement_timeout
-                    // or one pg_cancel_backend would send.
-                    if armed.swap(false, Ordering::SeqCst) {
-                        sqlx::query("SELECT pg_cancel_backend($1)")
-                            .bind(pid)
-                            .execute(&mut canceller)
-                            .await
-                            .unwrap();
-                        sent.fetch_add(1, Ordering::SeqCst);
-                    } else {
-                        idle.fetch_add(1, Ordering::SeqCst);
-                        std::thread::sleep(Duration::from_micros(50));
-                    }
+impl Disturbance {
+    fn start(pid: i32, churn: bool) -> Disturbance {
+        let armed = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let idle = Arc::new(AtomicU64::new(0));
+        let sent = Arc::new(AtomicU64::new(0));
+        let on_a_thread = |work: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>| {
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(work);
+            })
+        };
+        let mut threads = Vec::new();
+        let (a, st, i, se) = (armed.clone(), stop.clone(), idle.clone(), sent.clone());
+        threads.push(on_a_thread(Box::pin(async move {
+            let mut canceller = connect().await;
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            while !st.load(Ordering::SeqCst) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let spin = Duration::from_micros(x % 60);
+                let began = Instant::now();
+                while began.elapsed() < spin {
+                    std::hint::spin_loop();
                 }
-            });
-        })
-    };
-
-    // Another session's catalog changes: each invalidates every cached plan
-    // of every session.
-    struct StopOnDrop(Arc<AtomicBool>);
-    impl Drop for StopOnDrop {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
-    let _stop_on_panic = StopOnDrop(stop.clone());
-    let churner = churn.then(|| {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
+                // One cancel per armed call, as a statement_timeout or one
+                // pg_cancel_backend would send.
+                if a.swap(false, Ordering::SeqCst) {
+                    sqlx::query("SELECT pg_cancel_backend($1)")
+                        .bind(pid)
+                        .execute(&mut canceller)
+                        .await
+                        .unwrap();
+                    se.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    i.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+        })));
+        if churn {
+            let st = stop.clone();
+            threads.push(on_a_thread(Box::pin(async move {
                 let mut churner = connect().await;
-                let schema = format!("alock_churn_{}", std::process::id());
-                while !stop.load(Ordering::SeqCst) {
+                let schema = format!("alock_churn_{}_{pid}", std::process::id());
+                while !st.load(Ordering::SeqCst) {
                     for verb in ["CREATE SCHEMA IF NOT EXISTS", "DROP SCHEMA IF EXISTS"] {
                         sqlx::raw_sql(AssertSqlSafe(format!("{verb} {schema}")))
                             .execute(&mut churner)
@@ -570,38 +567,108 @@ async fn cancels_at_random_moments(churn: bool) {
                             .unwrap();
                     }
                 }
-            });
-        })
-    });
+            })));
+        }
+        Disturbance {
+            armed,
+            stop,
+            idle,
+            sent,
+            threads,
+        }
+    }
+
+    /// Arms one cancel for the call about to run; answers the count of
+    /// cancels sent so far, for [`Disturbance::disarm`].
+    fn arm(&self) -> u64 {
+        let sent = self.sent.load(Ordering::SeqCst);
+        self.armed.store(true, Ordering::SeqCst);
+        sent
+    }
+
+    /// Disarms, waits until no cancel is on its way, then, if one was sent
+    /// since [`Disturbance::arm`], long enough for the session to take it
+    /// while idle, where it is dropped. A cancel that lands later would
+    /// cancel the next statement: not what these tests are about.
+    fn disarm(&self, sent_before: u64) {
+        self.armed.store(false, Ordering::SeqCst);
+        let seen = self.idle.load(Ordering::SeqCst);
+        while self.idle.load(Ordering::SeqCst) < seen + 2 {
+            std::thread::yield_now();
+        }
+        if self.sent.load(Ordering::SeqCst) > sent_before {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops both threads; answers how many cancels were sent.
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads.drain(..) {
+            thread.join().unwrap();
+        }
+        self.sent.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Disturbance {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The rows of the session's advisory locks, for a failure's message.
+async fn rows(conn: &mut PgConnection) -> Vec<(i64, i64, i16, String, bool)> {
+    sqlx::query_as(
+        "SELECT classid::int8, objid::int8, objsubid, mode, granted FROM pg_locks \
+          WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+    )
+    .fetch_all(conn)
+    .await
+    .unwrap()
+}
+
+/// How many advisory locks the session holds, as `pg_locks` rows.
+async fn session_rows(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks \
+          WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// Releases everything after a cancel that came late, however often the
+/// cancel hits.
+async fn unlock_all_despite_cancels(conn: &mut PgConnection) {
+    while sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut *conn)
+        .await
+        .is_err()
+    {}
+}
+
+async fn cancels_at_random_moments(churn: bool) {
+    let mut conn = connect().await;
+    alock::prepare_session(&mut conn).await.unwrap();
+    let pid = backend_pid(&mut conn).await;
+    let disturbance = Disturbance::start(pid, churn);
 
     let pairs = unique_keys(16);
     let int8s = unique_int8_keys(2);
-    // Several ids, through the body, in both forms. Under the whole suite's
-    // load, with other work on the same two cores, this has failed about
-    // once in fifteen runs, two rows left after a cancel the body reported
-    // as caught; not reproduced alone (27,000 acquires), and not explained
-    // yet. The failure prints the session's rows.
+    // Several ids, through the body, in both forms. Under the whole suite
+    // this failed about once in fifteen runs, an id and its record left
+    // after a cancel the body reported as caught: the suite's catalog
+    // changes are what `churn` makes constant (see the test that sets it).
+    // The failure prints the session's rows.
     let sets = [pairs[..4].to_vec(), pairs[4..16].to_vec(), int8s.clone()];
     let (mut cancelled, mut late) = (0, 0);
     for ids in &sets {
         for _ in 0..250 {
-            let sent_before = sent.load(Ordering::SeqCst);
             let mut lock = ExclusiveLock::new(&mut conn, ids);
-            armed.store(true, Ordering::SeqCst);
+            let sent_before = disturbance.arm();
             let result = lock.acquire().await;
-            armed.store(false, Ordering::SeqCst);
-            // Wait until no cancel is on its way from the canceller, then,
-            // if it sent one, long enough for the session to take it while
-            // idle, where it is dropped. A cancel that lands later would
-            // cancel the cleanup, or meet the next acquire's cancel: not
-            // what this test is about (those iterations are skipped below).
-            let seen = idle.load(Ordering::SeqCst);
-            while idle.load(Ordering::SeqCst) < seen + 2 {
-                std::thread::yield_now();
-            }
-            if sent.load(Ordering::SeqCst) > sent_before {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            disturbance.disarm(sent_before);
             let released = match result {
                 Ok(()) => lock.release().await,
                 Err(Error::Canceled(_)) => {
@@ -611,35 +678,19 @@ async fn cancels_at_random_moments(churn: bool) {
                 Err(e) => panic!("unexpected error: {e:?}"),
             };
             drop(lock);
-            // The next use of the connection runs what a failed acquire
+            // The next use of the connection runs anything a failed call
             // queued, then counts.
-            let held = sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM pg_locks \
-                  WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
-            )
-            .fetch_one(&mut conn)
-            .await;
-            let held = match (released, held) {
+            let held = match (released, session_rows(&mut conn).await) {
                 (Ok(()), Ok(held)) => held,
                 // A cancel came late and hit the release or the cleanup.
                 _ => {
                     late += 1;
-                    while sqlx::query("SELECT pg_advisory_unlock_all()")
-                        .execute(&mut conn)
-                        .await
-                        .is_err()
-                    {}
+                    unlock_all_despite_cancels(&mut conn).await;
                     continue;
                 }
             };
             if held != 0 {
-                let rows: Vec<(i64, i64, i16, String, bool)> = sqlx::query_as(
-                    "SELECT classid::int8, objid::int8, objsubid, mode, granted FROM pg_locks \
-                      WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
-                )
-                .fetch_all(&mut conn)
-                .await
-                .unwrap();
+                let rows = rows(&mut conn).await;
                 let wanted: Vec<_> = ids.iter().map(|id| id.pg_locks_row()).collect();
                 panic!(
                     "ids left held after {result:?} on {} ids: the session's rows {rows:?}, \
@@ -649,20 +700,78 @@ async fn cancels_at_random_moments(churn: bool) {
             }
         }
     }
-    stop.store(true, Ordering::SeqCst);
-    canceller.join().unwrap();
-    if let Some(churner) = churner {
-        churner.join().unwrap();
-    }
+    let sent = disturbance.finish();
     // The free-first statement is short: most cancels land after it, and a
     // few (a handful in these 750 acquires) inside it. With the record in a
     // setting, the function's path failed this within a few hundred
     // acquires; the statement's own window is narrower.
-    let sent = sent.load(Ordering::SeqCst);
     assert!(
         sent > 0 && late < 250,
         "{sent} cancels sent, {cancelled} acquires cancelled, {late} of 750 iterations \
          hit by a late cancel: the test proved nothing"
+    );
+}
+
+/// A lock object nested in another over the same ids is released while
+/// cancels arrive at random moments and another session invalidates cached
+/// plans: the outer object's hold survives every release of the inner one,
+/// so no other session can take its ids. Before the release body gave an
+/// id back only with its record, a step the executor interrupted after its
+/// unlocks unlocked the id again when it was retried, giving back the outer
+/// hold.
+#[tokio::test]
+async fn cancels_during_nested_releases_never_release_the_outer_hold() {
+    let mut conn = connect().await;
+    alock::prepare_session(&mut conn).await.unwrap();
+    let pid = backend_pid(&mut conn).await;
+    let mut other = connect().await;
+    let disturbance = Disturbance::start(pid, true);
+    let pairs = unique_keys(12);
+    let sets = [pairs[..4].to_vec(), pairs[4..12].to_vec()];
+    let mut late = 0;
+    for ids in &sets {
+        let mut outer = ExclusiveLock::new(&mut conn, ids);
+        outer.acquire().await.unwrap();
+        for _ in 0..250 {
+            let mut inner = ExclusiveLock::new(&mut outer, ids);
+            inner.acquire().await.unwrap();
+            let sent_before = disturbance.arm();
+            let released = inner.release().await;
+            disturbance.disarm(sent_before);
+            drop(inner);
+            // The outer hold and its records, nothing else.
+            match (released, session_rows(outer.as_mut()).await) {
+                (Ok(()), Ok(rows)) if rows == 2 * ids.len() as i64 => {}
+                (Ok(()), Ok(_)) => panic!(
+                    "after a release that said it released: the session's rows {:?}",
+                    rows(outer.as_mut()).await
+                ),
+                _ => late += 1,
+            }
+            for id in ids {
+                let (a, b) = match *id {
+                    LockId::Int4Pair(a, b) => (a, b),
+                    LockId::Int8(_) => unreachable!("test keys are pairs"),
+                };
+                let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                    .bind(a)
+                    .bind(b)
+                    .fetch_one(&mut other)
+                    .await
+                    .unwrap();
+                if taken {
+                    alock_dev::unlock_all(&mut other).await;
+                    panic!("another session took {id:?}, which the outer object holds");
+                }
+            }
+        }
+        outer.release().await.unwrap();
+    }
+    let sent = disturbance.finish();
+    assert!(
+        sent > 0 && late < 250,
+        "{sent} cancels sent, {late} of 500 iterations hit by a late cancel: \
+         the test proved nothing"
     );
 }
 
