@@ -387,9 +387,7 @@ async fn unlock(
             .bind(hold.pid)
             .fetch_one(&mut *flight.conn)
             .await
-            .map(|(held, _record, pid): (Option<bool>, Option<bool>, i32)| {
-                (held.map(|held| usize::from(!held)), pid)
-            })
+            .map(|(held, pid): (Option<bool>, i32)| (held.map(|held| usize::from(!held)), pid))
             .map_err(|e| Error::from_sqlx_during(e, RELEASING)),
         _ => release_many(flight.conn, ids, shared, hold).await,
     };

@@ -110,19 +110,31 @@ const START_WAITING: &str = "\
 /// Whether, at the end of a slice spent waiting for id `i` (a PL/pgSQL
 /// expression), a session that holds that id waits, directly or through
 /// others, for a lock this session holds: a deadlock the server's detector
-/// did not see, because a slice shorter than `deadlock_timeout` ended the
-/// wait first. The session is out of every wait queue then, so every edge
-/// into it is a lock it holds; `pg_blocking_pids` gives the others.
+/// did not see, because the slice, shorter than `deadlock_timeout`, ended
+/// the wait first. Only holders count: a session blocks another here when
+/// `pg_blocking_pids` names it and it holds the lock the other waits for,
+/// not when it is only queued ahead of it (the server resolves such a wait
+/// by reordering its queue, not by an error). The session is out of every
+/// wait queue then, so every edge into it is a lock it holds.
 fn deadlocked(i: &str) -> String {
     format!(
-        "EXISTS (WITH RECURSIVE blocker(pid) AS ( \
-                   SELECT l.pid FROM pg_locks l \
+        "EXISTS (WITH RECURSIVE locks AS MATERIALIZED (SELECT * FROM pg_locks), \
+                 blocker(pid) AS ( \
+                   SELECT l.pid FROM locks l \
                     WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid() \
                       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
                       AND (NOT shared OR l.mode = 'ExclusiveLock') \
                       AND {matches} \
                    UNION \
-                   SELECT w.p FROM blocker, unnest(pg_blocking_pids(blocker.pid)) AS w(p)) \
+                   SELECT h.pid FROM blocker \
+                     JOIN locks w ON w.pid = blocker.pid AND NOT w.granted \
+                     JOIN locks h ON h.granted AND h.pid <> w.pid \
+                      AND (h.locktype, h.database, h.relation, h.page, h.tuple, h.virtualxid, \
+                           h.transactionid, h.classid, h.objid, h.objsubid) \
+                          IS NOT DISTINCT FROM \
+                          (w.locktype, w.database, w.relation, w.page, w.tuple, w.virtualxid, \
+                           w.transactionid, w.classid, w.objid, w.objsubid) \
+                    WHERE h.pid = ANY (pg_blocking_pids(blocker.pid))) \
                  SELECT FROM blocker WHERE pid = pg_backend_pid())",
         matches = is_id("l", i),
     )
@@ -241,7 +253,10 @@ pub(crate) fn body() -> String {
                                                     AND {TOKEN_NAMESPACE} + n)::int; \
                waiting := CASE WHEN taken > 0 AND NOT {granted_to_session} THEN taken ELSE 0 END; \
              END IF; \
-             IF outcome = 'waiting' AND waiting > 0 AND {deadlocked} THEN \
+             IF outcome = 'waiting' AND waiting > 0 \
+                AND slice < (date_part('epoch', current_setting('deadlock_timeout')::interval) \
+                             * 1000)::int8 + 100 \
+                AND {deadlocked} THEN \
                outcome := '40P01 deadlock detected'; \
              END IF; \
              taken := taken - (NOT xact AND waiting > 0 \
@@ -368,34 +383,32 @@ pub(crate) const fn lock_one(id: LockId, shared: bool) -> &'static str {
 }
 
 /// Releases one id and its record, in one expression, if this is the
-/// session that took them; answers whether the session still held each
-/// (NULL on another session, which is left alone) and the session's pid.
-/// Bind: the key(s), the token, the pid that took them. 1 round trip.
+/// session that took them: the record first, and the id only if the record
+/// was held, so that an id the session lost and took again by other means
+/// is left alone. Answers whether the session still held the id (NULL on
+/// another session, which is left alone) and the session's pid. Bind: the
+/// key(s), the token, the pid that took them. 1 round trip.
 pub(crate) const fn unlock_one(id: LockId, shared: bool) -> &'static str {
     match (id, shared) {
         (LockId::Int8(_), false) => concat!(
-            "SELECT CASE WHEN pg_backend_pid() = $3 THEN pg_advisory_unlock($1) END, ",
-            "CASE WHEN pg_backend_pid() = $3 THEN pg_advisory_unlock_shared(",
+            "SELECT CASE WHEN pg_backend_pid() = $3 THEN CASE WHEN pg_advisory_unlock_shared(",
             first_record!(),
-            ", $2) END, pg_backend_pid()"
+            ", $2) THEN pg_advisory_unlock($1) ELSE false END END, pg_backend_pid()"
         ),
         (LockId::Int8(_), true) => concat!(
-            "SELECT CASE WHEN pg_backend_pid() = $3 THEN pg_advisory_unlock_shared($1) END, ",
-            "CASE WHEN pg_backend_pid() = $3 THEN pg_advisory_unlock_shared(",
+            "SELECT CASE WHEN pg_backend_pid() = $3 THEN CASE WHEN pg_advisory_unlock_shared(",
             first_record!(),
-            ", $2) END, pg_backend_pid()"
+            ", $2) THEN pg_advisory_unlock_shared($1) ELSE false END END, pg_backend_pid()"
         ),
         (LockId::Int4Pair(..), false) => concat!(
-            "SELECT CASE WHEN pg_backend_pid() = $4 THEN pg_advisory_unlock($1, $2) END, ",
-            "CASE WHEN pg_backend_pid() = $4 THEN pg_advisory_unlock_shared(",
+            "SELECT CASE WHEN pg_backend_pid() = $4 THEN CASE WHEN pg_advisory_unlock_shared(",
             first_record!(),
-            ", $3) END, pg_backend_pid()"
+            ", $3) THEN pg_advisory_unlock($1, $2) ELSE false END END, pg_backend_pid()"
         ),
         (LockId::Int4Pair(..), true) => concat!(
-            "SELECT CASE WHEN pg_backend_pid() = $4 THEN pg_advisory_unlock_shared($1, $2) END, ",
-            "CASE WHEN pg_backend_pid() = $4 THEN pg_advisory_unlock_shared(",
+            "SELECT CASE WHEN pg_backend_pid() = $4 THEN CASE WHEN pg_advisory_unlock_shared(",
             first_record!(),
-            ", $3) END, pg_backend_pid()"
+            ", $3) THEN pg_advisory_unlock_shared($1, $2) ELSE false END END, pg_backend_pid()"
         ),
     }
 }

@@ -489,3 +489,34 @@ async fn cycle<M: Mode>(
         );
     }
 }
+
+/// The session lost the object's ids behind its back
+/// (`pg_advisory_unlock_all`), then took the first of them again by hand:
+/// releasing the object says the ids were lost, and leaves the hand-taken
+/// hold alone. Before a single id was released record first, the release
+/// of one id gave that hold back and said `Ok`.
+#[tokio::test]
+async fn releasing_ids_lost_and_taken_again_by_hand_reports_lost_and_keeps_that_hold() {
+    for n in [1, 2] {
+        let ids = unique_keys(n);
+        let mut observer = connect().await;
+        let mut conn = connect().await;
+        let pid = backend_pid(&mut conn).await;
+        let mut lock = ExclusiveLock::new(&mut conn, &ids);
+        lock.acquire().await.unwrap();
+        unlock_all(lock.as_mut()).await;
+        lock_on(lock.as_mut(), ids[0]).await;
+        let released = lock.release().await;
+        assert!(
+            matches!(released, Err(Error::Lost { missing, total }) if missing == n && total == n),
+            "{n} ids: {released:?}"
+        );
+        drop(lock);
+        assert_eq!(
+            held(&mut observer, pid, ids[0]).await,
+            Held::Exclusive,
+            "{n} ids: the hand-taken hold was given back"
+        );
+        unlock_all(&mut conn).await;
+    }
+}

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use alock::prelude::*;
-use alock::{Error, ExclusiveLock};
+use alock::{Error, ExclusiveLock, LockGuard, LockId};
 use alock_dev::{
     Held, backend_pid, connect, held, hold_elsewhere, is_free, lock_on,
     session_with_deadlock_timeout, unique_key, unique_keys, until_waiting,
@@ -244,5 +244,195 @@ async fn a_deadlock_with_a_plain_wait_is_found_by_the_body() {
     outer.release().await.unwrap();
     let mut plain = plain_waits.await.unwrap();
     alock_dev::unlock_all(&mut plain).await;
+    assert!(is_free(x).await && is_free(y).await);
+}
+
+/// Runs `text` on `conn`, binding the halves of `id` when it has
+/// parameters.
+async fn by_hand(conn: &mut PgConnection, text: &'static str, id: LockId) {
+    let LockId::Int4Pair(a, b) = id else {
+        unreachable!("test keys are pairs")
+    };
+    let query = sqlx::query(text);
+    let query = if text.contains('$') {
+        query.bind(a).bind(b)
+    } else {
+        query
+    };
+    query.execute(conn).await.unwrap();
+}
+
+/// S holds Y shared and waits for X shared; A holds X and waits for Y
+/// shared, queued behind C, who waits for Y exclusive, which S blocks. The
+/// cycle S, A, C runs through a place in a queue (A behind C), not a held
+/// lock: the server's detector moves A ahead of C, and everyone gets their
+/// lock, without an error. S waits through alock when `plain` is false,
+/// with `pg_advisory_lock_shared` otherwise; all at the default
+/// `deadlock_timeout`, so S's slices end before any detector runs.
+async fn a_cycle_through_a_queue(plain: bool) -> Result<(), Error> {
+    let [x, y] = unique_keys(2).try_into().unwrap();
+    let mut observer = connect().await;
+    let (mut s, _) = session_with_deadlock_timeout("1s").await;
+    let (mut a, a_pid) = session_with_deadlock_timeout("1s").await;
+    let (mut c, c_pid) = session_with_deadlock_timeout("1s").await;
+    by_hand(&mut s, "SELECT pg_advisory_lock_shared($1, $2)", y).await;
+    by_hand(&mut a, "SELECT pg_advisory_lock($1, $2)", x).await;
+    let c_waits = tokio::spawn(async move {
+        by_hand(&mut c, "SELECT pg_advisory_lock($1, $2)", y).await;
+        by_hand(&mut c, "SELECT pg_advisory_unlock_all()", y).await;
+    });
+    until_waiting(&mut observer, c_pid).await;
+    let a_waits = tokio::spawn(async move {
+        by_hand(&mut a, "SELECT pg_advisory_lock_shared($1, $2)", y).await;
+        by_hand(&mut a, "SELECT pg_advisory_unlock_all()", y).await;
+    });
+    until_waiting(&mut observer, a_pid).await;
+    let taken = if plain {
+        by_hand(&mut s, "SELECT pg_advisory_lock_shared($1, $2)", x).await;
+        Ok(())
+    } else {
+        tokio::time::timeout(Duration::from_secs(20), s.lock_shared(x))
+            .await
+            .expect("S never got X")
+            .map(LockGuard::leak)
+            .map(drop)
+    };
+    by_hand(&mut s, "SELECT pg_advisory_unlock_all()", y).await;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        a_waits.await.unwrap();
+        c_waits.await.unwrap();
+    })
+    .await
+    .expect("A or C never got their locks");
+    assert!(is_free(x).await && is_free(y).await);
+    taken
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_through_a_queue_is_no_deadlock_for_plain_sql() {
+    a_cycle_through_a_queue(true).await.unwrap();
+}
+
+/// Before the body followed only holders, it answered 40P01 here, where
+/// the server resolves the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_through_a_queue_is_no_deadlock_for_a_sliced_wait() {
+    let taken = a_cycle_through_a_queue(false).await;
+    assert!(taken.is_ok(), "a deadlock where there is none: {taken:?}");
+}
+
+/// Three sessions, each holding an id and waiting for the next one's, with
+/// `deadlock_timeout` at 60 s: the body finds the cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_of_three_sliced_waits_is_found() {
+    let ids: [LockId; 3] = unique_keys(3).try_into().unwrap();
+    let mut observer = connect().await;
+    let mut outers = Vec::new();
+    for id in ids {
+        let (conn, pid) = session_with_deadlock_timeout("60s").await;
+        let mut outer = ExclusiveLock::new(conn, id);
+        outer.acquire().await.unwrap();
+        outers.push((outer, pid));
+    }
+    let mut waits = Vec::new();
+    for (i, (mut outer, pid)) in outers.into_iter().enumerate() {
+        let next = ids[(i + 1) % 3];
+        waits.push(tokio::spawn(async move {
+            let taken = ExclusiveLock::new(&mut outer, next).acquire().await;
+            outer.release().await.unwrap();
+            taken
+        }));
+        until_waiting(&mut observer, pid).await;
+    }
+    let taken = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut taken = Vec::new();
+        for wait in waits {
+            taken.push(wait.await.unwrap());
+        }
+        taken
+    })
+    .await
+    .expect("the cycle was never broken");
+    assert!(
+        taken.iter().any(|t| matches!(t, Err(Error::Deadlock(_)))),
+        "{taken:?}"
+    );
+    for id in ids {
+        assert!(is_free(id).await);
+    }
+}
+
+/// A sliced wait for Y, held by a session that waits for a row another
+/// transaction has locked, which waits for X, held by the sliced wait's
+/// session: a cycle through a row lock, found by the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_through_a_row_lock_is_found() {
+    let [x, y] = unique_keys(2).try_into().unwrap();
+    let LockId::Int4Pair(_, row) = x else {
+        unreachable!("test keys are pairs")
+    };
+    let mut observer = connect().await;
+    sqlx::query("CREATE TABLE IF NOT EXISTS alock_cycle_rows (id int PRIMARY KEY)")
+        .execute(&mut observer)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO alock_cycle_rows VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(row)
+        .execute(&mut observer)
+        .await
+        .unwrap();
+    let (conn, _) = session_with_deadlock_timeout("60s").await;
+    let mut outer = ExclusiveLock::new(conn, x);
+    outer.acquire().await.unwrap();
+    let (mut p, p_pid) = session_with_deadlock_timeout("60s").await;
+    let (mut q, q_pid) = session_with_deadlock_timeout("60s").await;
+    by_hand(&mut p, "SELECT pg_advisory_lock($1, $2)", y).await;
+    // Transactions by hand, so that a task can own the session.
+    by_hand(&mut q, "BEGIN", x).await;
+    sqlx::query("SELECT FROM alock_cycle_rows WHERE id = $1 FOR UPDATE")
+        .bind(row)
+        .execute(&mut q)
+        .await
+        .unwrap();
+    let q_waits = tokio::spawn(async move {
+        by_hand(&mut q, "SELECT pg_advisory_lock($1, $2)", x).await;
+        by_hand(&mut q, "COMMIT", x).await;
+        by_hand(&mut q, "SELECT pg_advisory_unlock_all()", x).await;
+    });
+    until_waiting(&mut observer, q_pid).await;
+    let p_waits = tokio::spawn(async move {
+        by_hand(&mut p, "BEGIN", y).await;
+        sqlx::query("SELECT FROM alock_cycle_rows WHERE id = $1 FOR UPDATE")
+            .bind(row)
+            .execute(&mut p)
+            .await
+            .unwrap();
+        by_hand(&mut p, "COMMIT", y).await;
+        by_hand(&mut p, "SELECT pg_advisory_unlock_all()", y).await;
+    });
+    // p waits for q's transaction, not for an advisory lock.
+    loop {
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND pid = $1)",
+        )
+        .bind(p_pid)
+        .fetch_one(&mut observer)
+        .await
+        .unwrap();
+        if waiting {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let taken = tokio::time::timeout(
+        Duration::from_secs(30),
+        ExclusiveLock::new(&mut outer, y).acquire(),
+    )
+    .await
+    .expect("the cycle was never broken");
+    assert!(matches!(taken, Err(Error::Deadlock(_))), "{taken:?}");
+    outer.release().await.unwrap();
+    q_waits.await.unwrap();
+    p_waits.await.unwrap();
     assert!(is_free(x).await && is_free(y).await);
 }
