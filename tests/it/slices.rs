@@ -12,7 +12,7 @@ use alock_dev::{
     Held, backend_pid, connect, held, hold_elsewhere, is_free, lock_on,
     session_with_deadlock_timeout, unique_key, unique_keys, until_waiting,
 };
-use sqlx::PgConnection;
+use sqlx::{AssertSqlSafe, PgConnection};
 
 /// A session whose slices are 200 ms: `deadlock_timeout` is 100 ms.
 async fn short_slices() -> (PgConnection, i32) {
@@ -372,15 +372,14 @@ async fn a_cycle_through_a_row_lock_is_found() {
         unreachable!("test keys are pairs")
     };
     let mut observer = connect().await;
-    sqlx::query("CREATE TABLE IF NOT EXISTS alock_cycle_rows (id int PRIMARY KEY)")
-        .execute(&mut observer)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO alock_cycle_rows VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(row)
-        .execute(&mut observer)
-        .await
-        .unwrap();
+    let table = format!("alock_cycle_rows_{}", std::process::id());
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY); INSERT INTO {table} VALUES ({row})"
+    )))
+    .execute(&mut observer)
+    .await
+    .unwrap();
+    let lock_row = format!("SELECT FROM {table} WHERE id = {row} FOR UPDATE");
     let (conn, _) = session_with_deadlock_timeout("60s").await;
     let mut outer = ExclusiveLock::new(conn, x);
     outer.acquire().await.unwrap();
@@ -389,8 +388,7 @@ async fn a_cycle_through_a_row_lock_is_found() {
     by_hand(&mut p, "SELECT pg_advisory_lock($1, $2)", y).await;
     // Transactions by hand, so that a task can own the session.
     by_hand(&mut q, "BEGIN", x).await;
-    sqlx::query("SELECT FROM alock_cycle_rows WHERE id = $1 FOR UPDATE")
-        .bind(row)
+    sqlx::raw_sql(AssertSqlSafe(lock_row.clone()))
         .execute(&mut q)
         .await
         .unwrap();
@@ -402,8 +400,7 @@ async fn a_cycle_through_a_row_lock_is_found() {
     until_waiting(&mut observer, q_pid).await;
     let p_waits = tokio::spawn(async move {
         by_hand(&mut p, "BEGIN", y).await;
-        sqlx::query("SELECT FROM alock_cycle_rows WHERE id = $1 FOR UPDATE")
-            .bind(row)
+        sqlx::raw_sql(AssertSqlSafe(lock_row))
             .execute(&mut p)
             .await
             .unwrap();
@@ -435,4 +432,8 @@ async fn a_cycle_through_a_row_lock_is_found() {
     q_waits.await.unwrap();
     p_waits.await.unwrap();
     assert!(is_free(x).await && is_free(y).await);
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP TABLE {table}")))
+        .execute(&mut observer)
+        .await
+        .unwrap();
 }
