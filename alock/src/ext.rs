@@ -81,8 +81,8 @@ pub trait AdvisoryLockExt: sealed::Connection {
     ///
     /// Dropping the future gives back whatever the call took before the
     /// connection's next use, and touches no other hold. The server stops
-    /// waiting within 900 ms, and the connection's next use waits at most
-    /// that long.
+    /// waiting within 900 ms as a rule, and the connection's next use waits
+    /// at most that long.
     fn lock_exclusive(
         &mut self,
         keys: impl AdvisoryKeys,

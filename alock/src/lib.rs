@@ -65,8 +65,8 @@
 //!
 //! Every future of this crate may be dropped at any poll: whatever the call
 //! took is released before the connection's next use, and no other hold is
-//! touched. A wait nobody reads any more stops on the server within 900 ms.
-//! Inside a transaction begun through sqlx,
+//! touched. A wait nobody reads any more stops on the server within 900 ms,
+//! as a rule (`DESIGN.md`). Inside a transaction begun through sqlx,
 //! session-level acquires are refused ([`Error::InTransaction`]); take
 //! transaction-level locks there.
 //!

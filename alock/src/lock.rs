@@ -173,8 +173,8 @@ impl<C: AsMut<PgConnection>, M: Mode> AdvisoryLock<C, M> {
     ///
     /// Dropping the future leaves the object not held and gives back
     /// whatever the call took before the connection's next use. The server
-    /// stops waiting within 900 ms, and the connection's next use waits at
-    /// most that long.
+    /// stops waiting within 900 ms as a rule, and the connection's next use
+    /// waits at most that long.
     pub async fn acquire(&mut self) -> Result<(), Error> {
         self.take(Patience::Forever).await.map(|_| ())
     }

@@ -55,7 +55,7 @@ fn call(function: &str, j: &str) -> String {
 /// Declarations of [`body`] beyond its arguments.
 const BODY_DECLARATIONS: &str = "\
     n int := greatest(cardinality(k), cardinality(a)); \
-    taken int := 0; waiting int := 0; outcome text; \
+    taken int := 0; waiting int := 0; outcome text; long bool := false; \
     saved text; slice int8; remaining int8; ignored text;";
 
 /// Gives back the ids a body took (`taken` of them) with their records,
@@ -94,13 +94,14 @@ fn give_back() -> String {
 /// transaction-level one restores it. A slice is `deadlock_timeout` + 100
 /// ms, so that the server's deadlock detector runs in it, but at most 900
 /// ms less a random part of up to 150 ms, so that an abandoned wait ends
-/// within 900 ms and two waits do not end their slices in step. The body
-/// itself looks for deadlocks at the end of a slice ([`deadlocked`]).
+/// within 900 ms and two waits do not end their slices in step; the body
+/// then looks for deadlocks itself at the end of a slice ([`deadlocked`]).
+/// When `long`, the slice is `deadlock_timeout` + 100 ms whatever it is.
 /// `remaining` is NULL when the call has no budget.
 const START_WAITING: &str = "\
     saved := current_setting('lock_timeout'); \
     slice := least((date_part('epoch', current_setting('deadlock_timeout')::interval) * 1000)::int8 \
-                   + 100, 900 - (random() * 150)::int8); \
+                   + 100, CASE WHEN NOT long THEN 900 - (random() * 150)::int8 END); \
     remaining := CASE WHEN wait_ms > 0 THEN greatest(wait_ms - greatest(waited_ms, 0), 1) \
                       WHEN saved <> '0' \
                       THEN greatest((date_part('epoch', saved::interval) * 1000)::int8 \
@@ -111,12 +112,40 @@ const START_WAITING: &str = "\
 /// expression), a session that holds that id waits, directly or through
 /// others, for a lock this session holds: a deadlock the server's detector
 /// did not see, because the slice, shorter than `deadlock_timeout`, ended
-/// the wait first. Only holders count: a session blocks another here when
-/// `pg_blocking_pids` names it and it holds the lock the other waits for,
-/// not when it is only queued ahead of it (the server resolves such a wait
-/// by reordering its queue, not by an error). The session is out of every
-/// wait queue then, so every edge into it is a lock it holds.
-fn deadlocked(i: &str) -> String {
+/// the wait first. The session is out of every wait queue then, so every
+/// edge into it is a lock it holds.
+///
+/// With `hard`, an edge counts only where `pg_blocking_pids` names a
+/// session that holds the lock waited for in a mode that conflicts with the
+/// one wanted: a cycle of such edges is a deadlock. Without, every session
+/// `pg_blocking_pids` names counts, one queued ahead too: a cycle through
+/// a place in a queue is one the server's detector may resolve by
+/// reordering the queue, without an error, so the body lets it decide.
+fn deadlocked(i: &str, hard: bool) -> String {
+    let next = if hard {
+        // The conflict table of PostgreSQL's lock modes, as bit masks over
+        // the modes in this order.
+        "SELECT h.pid FROM blocker \
+           CROSS JOIN LATERAL (SELECT pg_blocking_pids(blocker.pid) AS pids) b \
+           JOIN locks w ON w.pid = blocker.pid AND NOT w.granted \
+           JOIN locks h ON h.granted AND h.pid <> w.pid AND h.pid = ANY (b.pids) \
+            AND (h.locktype, h.database, h.relation, h.page, h.tuple, h.virtualxid, \
+                 h.transactionid, h.classid, h.objid, h.objsubid) \
+                IS NOT DISTINCT FROM \
+                (w.locktype, w.database, w.relation, w.page, w.tuple, w.virtualxid, \
+                 w.transactionid, w.classid, w.objid, w.objsubid) \
+            AND ((ARRAY[128, 192, 240, 248, 236, 252, 254, 255]) \
+                   [array_position(ARRAY['AccessShareLock', 'RowShareLock', 'RowExclusiveLock', \
+                                         'ShareUpdateExclusiveLock', 'ShareLock', \
+                                         'ShareRowExclusiveLock', 'ExclusiveLock', \
+                                         'AccessExclusiveLock'], w.mode)] \
+                 >> (array_position(ARRAY['AccessShareLock', 'RowShareLock', 'RowExclusiveLock', \
+                                          'ShareUpdateExclusiveLock', 'ShareLock', \
+                                          'ShareRowExclusiveLock', 'ExclusiveLock', \
+                                          'AccessExclusiveLock'], h.mode) - 1)) & 1 = 1"
+    } else {
+        "SELECT w.p FROM blocker, unnest(pg_blocking_pids(blocker.pid)) AS w(p)"
+    };
     format!(
         "EXISTS (WITH RECURSIVE locks AS MATERIALIZED (SELECT * FROM pg_locks), \
                  blocker(pid) AS ( \
@@ -126,15 +155,7 @@ fn deadlocked(i: &str) -> String {
                       AND (NOT shared OR l.mode = 'ExclusiveLock') \
                       AND {matches} \
                    UNION \
-                   SELECT h.pid FROM blocker \
-                     JOIN locks w ON w.pid = blocker.pid AND NOT w.granted \
-                     JOIN locks h ON h.granted AND h.pid <> w.pid \
-                      AND (h.locktype, h.database, h.relation, h.page, h.tuple, h.virtualxid, \
-                           h.transactionid, h.classid, h.objid, h.objsubid) \
-                          IS NOT DISTINCT FROM \
-                          (w.locktype, w.database, w.relation, w.page, w.tuple, w.virtualxid, \
-                           w.transactionid, w.classid, w.objid, w.objsubid) \
-                    WHERE h.pid = ANY (pg_blocking_pids(blocker.pid))) \
+                   {next}) \
                  SELECT FROM blocker WHERE pid = pg_backend_pid())",
         matches = is_id("l", i),
     )
@@ -204,10 +225,12 @@ pub(crate) fn body() -> String {
     let session_try = call("pg_try_advisory_lock", "j");
     let session_wait = call("pg_advisory_lock", "j");
     let granted_to_session = granted_to_session("taken");
-    let deadlocked = deadlocked("waiting");
+    let deadlock = deadlocked("waiting", true);
+    let maybe_deadlock = deadlocked("waiting", false);
     let give_back = give_back();
     format!(
-        "BEGIN \
+        "LOOP \
+         BEGIN \
            FOR j IN 1..n LOOP \
              IF xact THEN \
                IF NOT ({xact_try}) THEN \
@@ -255,14 +278,20 @@ pub(crate) fn body() -> String {
              END IF; \
              IF outcome = 'waiting' AND waiting > 0 \
                 AND slice < (date_part('epoch', current_setting('deadlock_timeout')::interval) \
-                             * 1000)::int8 + 100 \
-                AND {deadlocked} THEN \
-               outcome := '40P01 deadlock detected'; \
+                             * 1000)::int8 + 100 THEN \
+               outcome := CASE WHEN {deadlock} THEN '40P01 deadlock detected' \
+                               WHEN NOT long AND {maybe_deadlock} THEN 'again' \
+                               ELSE outcome END; \
              END IF; \
              taken := taken - (NOT xact AND waiting > 0 \
                                AND pg_advisory_unlock_shared({TOKEN_NAMESPACE} + waiting, token))::int; \
              {give_back} \
          END; \
+         EXIT WHEN outcome <> 'again'; \
+         long := true; \
+         waited_ms := greatest(waited_ms, 0) + slice; \
+         slice := NULL; taken := 0; waiting := 0; \
+         END LOOP; \
          IF slice IS NOT NULL AND xact THEN \
            ignored := set_config('lock_timeout', saved, true); \
          END IF;"

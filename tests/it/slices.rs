@@ -437,3 +437,143 @@ async fn a_cycle_through_a_row_lock_is_found() {
         .await
         .unwrap();
 }
+
+/// S holds X shared and waits for A; T holds X shared and waits for X
+/// exclusive, which S's share blocks; H holds A and waits for X shared,
+/// queued behind T. The cycle S, H, T runs through T's place ahead of H in
+/// X's queue: H holds nothing T waits for. The server moves H ahead of T,
+/// and nobody gets an error. With `late`, S starts waiting only after H's
+/// and T's own detectors have run, so only S's can resolve it. S waits
+/// through alock unless `plain`.
+async fn a_cycle_through_a_lock_upgrade(plain: bool, late: bool) -> Result<(), Error> {
+    let [x, a] = unique_keys(2).try_into().unwrap();
+    let mut observer = connect().await;
+    let (mut s, s_pid) = session_with_deadlock_timeout("1s").await;
+    let (mut t, t_pid) = session_with_deadlock_timeout("60s").await;
+    let (mut h, h_pid) = session_with_deadlock_timeout("1s").await;
+    by_hand(&mut s, "SELECT pg_advisory_lock_shared($1, $2)", x).await;
+    by_hand(&mut h, "SELECT pg_advisory_lock($1, $2)", a).await;
+    by_hand(&mut t, "SELECT pg_advisory_lock_shared($1, $2)", x).await;
+    let t_waits = tokio::spawn(async move {
+        by_hand(&mut t, "SELECT pg_advisory_lock($1, $2)", x).await;
+        by_hand(&mut t, "SELECT pg_advisory_unlock_all()", x).await;
+    });
+    until_waiting(&mut observer, t_pid).await;
+    let s_takes = async move {
+        let taken = if plain {
+            by_hand(&mut s, "SELECT pg_advisory_lock($1, $2)", a).await;
+            Ok(())
+        } else {
+            tokio::time::timeout(Duration::from_secs(20), s.lock_exclusive(a))
+                .await
+                .expect("S never got A")
+                .map(LockGuard::leak)
+                .map(drop)
+        };
+        by_hand(&mut s, "SELECT pg_advisory_unlock_all()", a).await;
+        taken
+    };
+    let (s_waits, s_later) = if late {
+        (None, Some(s_takes))
+    } else {
+        (Some(tokio::spawn(s_takes)), None)
+    };
+    if !late {
+        until_waiting(&mut observer, s_pid).await;
+    }
+    let h_waits = tokio::spawn(async move {
+        by_hand(&mut h, "SELECT pg_advisory_lock_shared($1, $2)", x).await;
+        tokio::time::sleep(Duration::from_millis(if late { 2000 } else { 300 })).await;
+        by_hand(&mut h, "SELECT pg_advisory_unlock_all()", x).await;
+    });
+    until_waiting(&mut observer, h_pid).await;
+    let taken = match (s_waits, s_later) {
+        (Some(waits), _) => waits.await.unwrap(),
+        (None, Some(later)) => {
+            // H's and T's detectors run (and find no cycle) before S waits.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            later.await
+        }
+        (None, None) => unreachable!(),
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        h_waits.await.unwrap();
+        t_waits.await.unwrap();
+    })
+    .await
+    .expect("H or T never got their locks");
+    assert!(is_free(x).await && is_free(a).await);
+    taken
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_through_a_lock_upgrade_is_no_deadlock_for_plain_sql() {
+    for late in [false, true] {
+        a_cycle_through_a_lock_upgrade(true, late).await.unwrap();
+    }
+}
+
+/// Before the body told a cycle of held locks from one through a place in
+/// a queue, it answered 40P01 here; counting only held locks, with `late`
+/// it would wait for ever, since no detector runs again. It now lets the
+/// server's detector decide, in one slice of `deadlock_timeout` + 100 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_through_a_lock_upgrade_is_no_deadlock_for_a_sliced_wait() {
+    for late in [false, true] {
+        let taken = a_cycle_through_a_lock_upgrade(false, late).await;
+        assert!(
+            taken.is_ok(),
+            "late {late}: a deadlock where there is none: {taken:?}"
+        );
+    }
+}
+
+/// A transaction-level wait for A, in a transaction that read a table,
+/// while H holds A and waits to lock that table `ACCESS EXCLUSIVE`, its
+/// `deadlock_timeout` at 60 s: a cycle through a relation lock, found by
+/// the body at transaction level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_through_a_relation_lock_is_found_at_transaction_level() {
+    use sqlx::Connection;
+    let a = unique_key();
+    let mut observer = connect().await;
+    let table = format!("alock_cycle_table_{}", std::process::id());
+    let run = async |conn: &mut PgConnection, text: String| {
+        sqlx::raw_sql(AssertSqlSafe(text))
+            .execute(conn)
+            .await
+            .unwrap();
+    };
+    run(&mut observer, format!("CREATE TABLE {table} (i int)")).await;
+    let (mut s, _) = session_with_deadlock_timeout("1s").await;
+    let (mut h, h_pid) = session_with_deadlock_timeout("60s").await;
+    by_hand(&mut h, "SELECT pg_advisory_lock($1, $2)", a).await;
+    let mut tx = s.begin().await.unwrap();
+    run(&mut tx, format!("SELECT FROM {table}")).await;
+    let locks_table = format!("BEGIN; LOCK {table} IN ACCESS EXCLUSIVE MODE; COMMIT");
+    let h_waits = tokio::spawn(async move {
+        run(&mut h, locks_table).await;
+        by_hand(&mut h, "SELECT pg_advisory_unlock_all()", a).await;
+    });
+    loop {
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND pid = $1)",
+        )
+        .bind(h_pid)
+        .fetch_one(&mut observer)
+        .await
+        .unwrap();
+        if waiting {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let taken = tokio::time::timeout(Duration::from_secs(20), tx.xact_lock_exclusive(a))
+        .await
+        .expect("the cycle was never broken");
+    assert!(matches!(taken, Err(Error::Deadlock(_))), "{taken:?}");
+    tx.rollback().await.unwrap();
+    h_waits.await.unwrap();
+    run(&mut observer, format!("DROP TABLE {table}")).await;
+    assert!(is_free(a).await);
+}
