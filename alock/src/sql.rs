@@ -118,9 +118,11 @@ const START_WAITING: &str = "\
 /// With `hard`, an edge counts only where `pg_blocking_pids` names a
 /// session that holds the lock waited for in a mode that conflicts with the
 /// one wanted: a cycle of such edges is a deadlock. Without, every session
-/// `pg_blocking_pids` names counts, one queued ahead too: a cycle through
-/// a place in a queue is one the server's detector may resolve by
-/// reordering the queue, without an error, so the body lets it decide.
+/// `pg_blocking_pids` names counts, one queued ahead too, and the chain
+/// starts from the awaited id's waiters as well as its holders (the
+/// session rejoins its queue behind them): a cycle through a place in a
+/// queue is one the server's detector may resolve by reordering the
+/// queue, without an error, so the body lets it decide.
 fn deadlocked(i: &str, hard: bool) -> String {
     let next = if hard {
         // The conflict table of PostgreSQL's lock modes, as bit masks over
@@ -150,7 +152,7 @@ fn deadlocked(i: &str, hard: bool) -> String {
         "EXISTS (WITH RECURSIVE locks AS MATERIALIZED (SELECT * FROM pg_locks), \
                  blocker(pid) AS ( \
                    SELECT l.pid FROM locks l \
-                    WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid() \
+                    WHERE l.locktype = 'advisory' AND {granted} l.pid <> pg_backend_pid() \
                       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
                       AND (NOT shared OR l.mode = 'ExclusiveLock') \
                       AND {matches} \
@@ -158,6 +160,7 @@ fn deadlocked(i: &str, hard: bool) -> String {
                    {next}) \
                  SELECT FROM blocker WHERE pid = pg_backend_pid())",
         matches = is_id("l", i),
+        granted = if hard { "l.granted AND" } else { "" },
     )
 }
 

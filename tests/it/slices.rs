@@ -577,3 +577,75 @@ async fn a_cycle_through_a_relation_lock_is_found_at_transaction_level() {
     run(&mut observer, format!("DROP TABLE {table}")).await;
     assert!(is_free(a).await);
 }
+
+/// S holds Y and then asks for X shared. H holds X shared and waits for Y;
+/// W waits for X exclusive (H's share blocks it), queued before S. The
+/// cycle S, W, H runs through W's place ahead of S in X's queue: the
+/// server's detector moves S ahead of W, and S gets X (its share is
+/// compatible with H's). S starts waiting only after H's and W's own
+/// detectors ran and found nothing, so only S's can resolve it. Answers
+/// whether S got X before `patience` ran out.
+async fn a_cycle_through_a_queue_ahead_of_a_shared_wait(plain: bool, patience: Duration) -> bool {
+    let [x, y] = unique_keys(2).try_into().unwrap();
+    let mut observer = connect().await;
+    let (mut s, _) = session_with_deadlock_timeout("1s").await;
+    let (mut h, h_pid) = session_with_deadlock_timeout("200ms").await;
+    let (mut w, w_pid) = session_with_deadlock_timeout("200ms").await;
+    by_hand(&mut s, "SELECT pg_advisory_lock($1, $2)", y).await;
+    by_hand(&mut h, "SELECT pg_advisory_lock_shared($1, $2)", x).await;
+    let h_waits = tokio::spawn(async move {
+        by_hand(&mut h, "SELECT pg_advisory_lock($1, $2)", y).await;
+        by_hand(&mut h, "SELECT pg_advisory_unlock_all()", y).await;
+    });
+    until_waiting(&mut observer, h_pid).await;
+    let w_waits = tokio::spawn(async move {
+        by_hand(&mut w, "SELECT pg_advisory_lock($1, $2)", x).await;
+        by_hand(&mut w, "SELECT pg_advisory_unlock_all()", x).await;
+    });
+    until_waiting(&mut observer, w_pid).await;
+    // H's and W's detectors run, and find no cycle: S is not waiting yet.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let taken = if plain {
+        alock_dev::set_lock_timeout(&mut s, &format!("{}ms", patience.as_millis())).await;
+        let LockId::Int4Pair(a, b) = x else {
+            unreachable!("test keys are pairs")
+        };
+        sqlx::query("SELECT pg_advisory_lock_shared($1, $2)")
+            .bind(a)
+            .bind(b)
+            .execute(&mut s)
+            .await
+            .is_ok()
+    } else {
+        s.lock_shared_timeout(x, patience)
+            .await
+            .unwrap()
+            .map(LockGuard::leak)
+            .is_some()
+    };
+    by_hand(&mut s, "SELECT pg_advisory_unlock_all()", y).await;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        h_waits.await.unwrap();
+        w_waits.await.unwrap();
+    })
+    .await
+    .expect("H or W never got their locks");
+    assert!(is_free(x).await && is_free(y).await);
+    taken
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_through_a_queue_ahead_of_a_shared_wait_is_resolved_for_plain_sql() {
+    assert!(a_cycle_through_a_queue_ahead_of_a_shared_wait(true, Duration::from_secs(10)).await);
+}
+
+/// Before the body's check started from the awaited id's waiters too, it
+/// found no chain here (X has no exclusive holder), no detector ran, and the
+/// three sessions waited until S's time ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_through_a_queue_ahead_of_a_shared_wait_is_resolved_for_a_sliced_wait() {
+    assert!(
+        a_cycle_through_a_queue_ahead_of_a_shared_wait(false, Duration::from_secs(10)).await,
+        "S waited until its time ran out"
+    );
+}
