@@ -95,8 +95,10 @@ fn give_back() -> String {
 /// ms, so that the server's deadlock detector runs in it, but at most 900
 /// ms less a random part of up to 150 ms, so that an abandoned wait ends
 /// within 900 ms and two waits do not end their slices in step; the body
-/// then looks for deadlocks itself at the end of a slice ([`deadlocked`]).
-/// When `long`, the slice is `deadlock_timeout` + 100 ms whatever it is.
+/// then looks for a cycle itself at the end of a slice ([`deadlocked`]),
+/// and if it finds one waits again in the same call, `long`: for
+/// `deadlock_timeout` + 100 ms whatever that is, so that the server's
+/// detector runs.
 /// `remaining` is NULL when the call has no budget.
 const START_WAITING: &str = "\
     saved := current_setting('lock_timeout'); \
@@ -109,58 +111,27 @@ const START_WAITING: &str = "\
     ignored := set_config('lock_timeout', least(coalesce(remaining, slice), slice) || 'ms', true);";
 
 /// Whether, at the end of a slice spent waiting for id `i` (a PL/pgSQL
-/// expression), a session that holds that id waits, directly or through
-/// others, for a lock this session holds: a deadlock the server's detector
-/// did not see, because the slice, shorter than `deadlock_timeout`, ended
-/// the wait first. The session is out of every wait queue then, so every
-/// edge into it is a lock it holds.
-///
-/// With `hard`, an edge counts only where `pg_blocking_pids` names a
-/// session that holds the lock waited for in a mode that conflicts with the
-/// one wanted: a cycle of such edges is a deadlock. Without, every session
-/// `pg_blocking_pids` names counts, one queued ahead too, and the chain
-/// starts from the awaited id's waiters as well as its holders (the
-/// session rejoins its queue behind them): a cycle through a place in a
-/// queue is one the server's detector may resolve by reordering the
-/// queue, without an error, so the body lets it decide.
-fn deadlocked(i: &str, hard: bool) -> String {
-    let next = if hard {
-        // The conflict table of PostgreSQL's lock modes, as bit masks over
-        // the modes in this order.
-        "SELECT h.pid FROM blocker \
-           CROSS JOIN LATERAL (SELECT pg_blocking_pids(blocker.pid) AS pids) b \
-           JOIN locks w ON w.pid = blocker.pid AND NOT w.granted \
-           JOIN locks h ON h.granted AND h.pid <> w.pid AND h.pid = ANY (b.pids) \
-            AND (h.locktype, h.database, h.relation, h.page, h.tuple, h.virtualxid, \
-                 h.transactionid, h.classid, h.objid, h.objsubid) \
-                IS NOT DISTINCT FROM \
-                (w.locktype, w.database, w.relation, w.page, w.tuple, w.virtualxid, \
-                 w.transactionid, w.classid, w.objid, w.objsubid) \
-            AND ((ARRAY[128, 192, 240, 248, 236, 252, 254, 255]) \
-                   [array_position(ARRAY['AccessShareLock', 'RowShareLock', 'RowExclusiveLock', \
-                                         'ShareUpdateExclusiveLock', 'ShareLock', \
-                                         'ShareRowExclusiveLock', 'ExclusiveLock', \
-                                         'AccessExclusiveLock'], w.mode)] \
-                 >> (array_position(ARRAY['AccessShareLock', 'RowShareLock', 'RowExclusiveLock', \
-                                          'ShareUpdateExclusiveLock', 'ShareLock', \
-                                          'ShareRowExclusiveLock', 'ExclusiveLock', \
-                                          'AccessExclusiveLock'], h.mode) - 1)) & 1 = 1"
-    } else {
-        "SELECT w.p FROM blocker, unnest(pg_blocking_pids(blocker.pid)) AS w(p)"
-    };
+/// expression), the wait may be part of a cycle: whether a session that
+/// holds that id, or waits for it in a conflicting mode ahead of this one,
+/// waits, directly or through the sessions `pg_blocking_pids` names, for
+/// this session. The slice, shorter than `deadlock_timeout`, ended the wait
+/// before the server's deadlock detector ran, so the server never looked.
+/// A chain found is a deadlock, or a cycle through a place in a queue that
+/// the server resolves by reordering it; the body lets the server's
+/// detector decide which, and which session is its victim. The session is
+/// out of every wait queue then, so every edge into it is a lock it holds.
+fn deadlocked(i: &str) -> String {
     format!(
-        "EXISTS (WITH RECURSIVE locks AS MATERIALIZED (SELECT * FROM pg_locks), \
-                 blocker(pid) AS ( \
-                   SELECT l.pid FROM locks l \
-                    WHERE l.locktype = 'advisory' AND {granted} l.pid <> pg_backend_pid() \
+        "EXISTS (WITH RECURSIVE blocker(pid) AS ( \
+                   SELECT l.pid FROM pg_locks l \
+                    WHERE l.locktype = 'advisory' AND l.pid <> pg_backend_pid() \
                       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
                       AND (NOT shared OR l.mode = 'ExclusiveLock') \
                       AND {matches} \
                    UNION \
-                   {next}) \
+                   SELECT w.p FROM blocker, unnest(pg_blocking_pids(blocker.pid)) AS w(p)) \
                  SELECT FROM blocker WHERE pid = pg_backend_pid())",
         matches = is_id("l", i),
-        granted = if hard { "l.granted AND" } else { "" },
     )
 }
 
@@ -228,8 +199,7 @@ pub(crate) fn body() -> String {
     let session_try = call("pg_try_advisory_lock", "j");
     let session_wait = call("pg_advisory_lock", "j");
     let granted_to_session = granted_to_session("taken");
-    let deadlock = deadlocked("waiting", true);
-    let maybe_deadlock = deadlocked("waiting", false);
+    let deadlocked = deadlocked("waiting");
     let give_back = give_back();
     format!(
         "LOOP \
@@ -279,12 +249,11 @@ pub(crate) fn body() -> String {
                                                     AND {TOKEN_NAMESPACE} + n)::int; \
                waiting := CASE WHEN taken > 0 AND NOT {granted_to_session} THEN taken ELSE 0 END; \
              END IF; \
-             IF outcome = 'waiting' AND waiting > 0 \
+             IF outcome = 'waiting' AND waiting > 0 AND NOT long \
                 AND slice < (date_part('epoch', current_setting('deadlock_timeout')::interval) \
-                             * 1000)::int8 + 100 THEN \
-               outcome := CASE WHEN {deadlock} THEN '40P01 deadlock detected' \
-                               WHEN NOT long AND {maybe_deadlock} THEN 'again' \
-                               ELSE outcome END; \
+                             * 1000)::int8 + 100 \
+                AND {deadlocked} THEN \
+               outcome := 'again'; \
              END IF; \
              taken := taken - (NOT xact AND waiting > 0 \
                                AND pg_advisory_unlock_shared({TOKEN_NAMESPACE} + waiting, token))::int; \

@@ -1,8 +1,8 @@
 //! Waits run in slices of `deadlock_timeout` + 100 ms, 900 ms at most
 //! (DESIGN.md): what that buys, an abandoned wait that ends on the server,
 //! what it costs, a place in the server's lock queue at each slice
-//! boundary, and the deadlocks the body finds itself when a slice ends
-//! before the server's detector runs.
+//! boundary, and the cycles the body notices when a slice ends before the
+//! server's detector runs, which it then lets that detector decide.
 
 use std::time::{Duration, Instant};
 
@@ -153,17 +153,18 @@ async fn at_the_default_deadlock_timeout_an_abandoned_wait_ends_within_a_second(
     assert_eq!(held(&mut observer, pid, id).await, Held::Nothing);
 }
 
-/// Two sessions whose `deadlock_timeout` is longer than a slice, so the
-/// server's detector never runs in their waits, each wait for the other's
-/// lock: the body finds the deadlock at the end of a slice, and the call
-/// that finds it fails with `Error::Deadlock`, keeping its session's other
-/// hold. Without that check they would wait in slices for ever.
+/// Two sessions at the default `deadlock_timeout`, longer than a slice, so
+/// the server's detector never runs in a plain slice, each wait for the
+/// other's lock: the body notices the cycle at the end of a slice and waits
+/// one slice long enough for the detector, and a call fails with
+/// `Error::Deadlock`, keeping its session's other hold. Without that check
+/// they would wait in slices for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadlock_between_sliced_waits_is_found_by_the_body() {
     let [x, y] = unique_keys(2).try_into().unwrap();
     let mut observer = connect().await;
-    let (first, first_pid) = session_with_deadlock_timeout("60s").await;
-    let (second, second_pid) = session_with_deadlock_timeout("60s").await;
+    let (first, first_pid) = session_with_deadlock_timeout("1s").await;
+    let (second, second_pid) = session_with_deadlock_timeout("1s").await;
     let mut first_x = ExclusiveLock::new(first, x);
     first_x.acquire().await.unwrap();
     let mut second_y = ExclusiveLock::new(second, y);
@@ -210,14 +211,14 @@ async fn a_deadlock_between_sliced_waits_is_found_by_the_body() {
 }
 
 /// The same with a plain `pg_advisory_lock` on the other side, whose own
-/// detector would not run for a minute: the sliced wait finds the deadlock
-/// at the end of its slice and fails; its other hold stays, and once it is
-/// released the plain wait gets its lock.
+/// detector would not run for a minute: the sliced wait notices the cycle,
+/// its own detector then finds the deadlock, and it fails; its other hold
+/// stays, and once it is released the plain wait gets its lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadlock_with_a_plain_wait_is_found_by_the_body() {
     let [x, y] = unique_keys(2).try_into().unwrap();
     let mut observer = connect().await;
-    let (conn, pid) = session_with_deadlock_timeout("60s").await;
+    let (conn, pid) = session_with_deadlock_timeout("1s").await;
     let mut outer = ExclusiveLock::new(conn, x);
     outer.acquire().await.unwrap();
     let (mut plain, plain_pid) = session_with_deadlock_timeout("60s").await;
@@ -321,15 +322,15 @@ async fn a_cycle_through_a_queue_is_no_deadlock_for_a_sliced_wait() {
     assert!(taken.is_ok(), "a deadlock where there is none: {taken:?}");
 }
 
-/// Three sessions, each holding an id and waiting for the next one's, with
-/// `deadlock_timeout` at 60 s: the body finds the cycle.
+/// Three sessions at the default `deadlock_timeout`, each holding an id and
+/// waiting for the next one's: the cycle is found.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cycle_of_three_sliced_waits_is_found() {
     let ids: [LockId; 3] = unique_keys(3).try_into().unwrap();
     let mut observer = connect().await;
     let mut outers = Vec::new();
     for id in ids {
-        let (conn, pid) = session_with_deadlock_timeout("60s").await;
+        let (conn, pid) = session_with_deadlock_timeout("1s").await;
         let mut outer = ExclusiveLock::new(conn, id);
         outer.acquire().await.unwrap();
         outers.push((outer, pid));
@@ -364,7 +365,8 @@ async fn a_cycle_of_three_sliced_waits_is_found() {
 
 /// A sliced wait for Y, held by a session that waits for a row another
 /// transaction has locked, which waits for X, held by the sliced wait's
-/// session: a cycle through a row lock, found by the body.
+/// session, both others at a `deadlock_timeout` of a minute: a cycle
+/// through a row lock, found.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cycle_through_a_row_lock_is_found() {
     let [x, y] = unique_keys(2).try_into().unwrap();
@@ -380,7 +382,7 @@ async fn a_cycle_through_a_row_lock_is_found() {
     .await
     .unwrap();
     let lock_row = format!("SELECT FROM {table} WHERE id = {row} FOR UPDATE");
-    let (conn, _) = session_with_deadlock_timeout("60s").await;
+    let (conn, _) = session_with_deadlock_timeout("1s").await;
     let mut outer = ExclusiveLock::new(conn, x);
     outer.acquire().await.unwrap();
     let (mut p, p_pid) = session_with_deadlock_timeout("60s").await;
@@ -647,5 +649,76 @@ async fn a_cycle_through_a_queue_ahead_of_a_shared_wait_is_resolved_for_a_sliced
     assert!(
         a_cycle_through_a_queue_ahead_of_a_shared_wait(false, Duration::from_secs(10)).await,
         "S waited until its time ran out"
+    );
+}
+
+/// Runs `text` on `conn`, answering its SQLSTATE if it fails.
+async fn sqlstate_of(
+    conn: &mut PgConnection,
+    text: &'static str,
+    id: LockId,
+) -> Result<(), String> {
+    let LockId::Int4Pair(a, b) = id else {
+        unreachable!("test keys are pairs")
+    };
+    match sqlx::query(text).bind(a).bind(b).execute(conn).await {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(e)) => Err(e.code().unwrap_or_default().into_owned()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// S holds X, with a `deadlock_timeout` of 10 s; H holds Y and waits for
+/// X, at 1 s; then S waits for Y. PostgreSQL's victim is the session whose
+/// detector runs first, H, and S gets Y: a longer `deadlock_timeout` is how
+/// a session asks not to be the victim. Answers what S's wait and H's wait
+/// ended with.
+async fn the_deadlock_victim(plain: bool) -> (Result<(), String>, Result<(), String>) {
+    let [x, y] = unique_keys(2).try_into().unwrap();
+    let mut observer = connect().await;
+    let (mut s, _) = session_with_deadlock_timeout("10s").await;
+    let (mut h, h_pid) = session_with_deadlock_timeout("1s").await;
+    by_hand(&mut s, "SELECT pg_advisory_lock($1, $2)", x).await;
+    by_hand(&mut h, "SELECT pg_advisory_lock($1, $2)", y).await;
+    let h_waits = tokio::spawn(async move {
+        let waited = sqlstate_of(&mut h, "SELECT pg_advisory_lock($1, $2)", x).await;
+        by_hand(&mut h, "SELECT pg_advisory_unlock_all()", y).await;
+        waited
+    });
+    until_waiting(&mut observer, h_pid).await;
+    let waited = if plain {
+        sqlstate_of(&mut s, "SELECT pg_advisory_lock($1, $2)", y).await
+    } else {
+        tokio::time::timeout(Duration::from_secs(20), s.lock_exclusive(y))
+            .await
+            .expect("S never got Y")
+            .map(LockGuard::leak)
+            .map(drop)
+            .map_err(|e| match e {
+                Error::Deadlock(e) => e.code().to_owned(),
+                e => panic!("{e}"),
+            })
+    };
+    by_hand(&mut s, "SELECT pg_advisory_unlock_all()", y).await;
+    let h_waited = h_waits.await.unwrap();
+    assert!(is_free(x).await && is_free(y).await);
+    (waited, h_waited)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_picks_the_deadlock_victim_for_plain_sql() {
+    assert_eq!(
+        the_deadlock_victim(true).await,
+        (Ok(()), Err("40P01".into()))
+    );
+}
+
+/// Before the body let the server's detector decide, a sliced wait that
+/// found the cycle first was the victim here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_picks_the_deadlock_victim_for_a_sliced_wait() {
+    assert_eq!(
+        the_deadlock_victim(false).await,
+        (Ok(()), Err("40P01".into()))
     );
 }
