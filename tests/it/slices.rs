@@ -248,6 +248,11 @@ async fn a_deadlock_with_a_plain_wait_is_found_by_the_body() {
     assert!(is_free(x).await && is_free(y).await);
 }
 
+/// Statements for [`by_hand`].
+const LOCK: &str = "SELECT pg_advisory_lock($1, $2)";
+const LOCK_SHARED: &str = "SELECT pg_advisory_lock_shared($1, $2)";
+const UNLOCK_ALL: &str = "SELECT pg_advisory_unlock_all()";
+
 /// Runs `text` on `conn`, binding the halves of `id` when it has
 /// parameters.
 async fn by_hand(conn: &mut PgConnection, text: &'static str, id: LockId) {
@@ -263,6 +268,24 @@ async fn by_hand(conn: &mut PgConnection, text: &'static str, id: LockId) {
     query.execute(conn).await.unwrap();
 }
 
+/// Has `conn`'s session (pid `pid`) run `lock` on `id` on a task of its
+/// own, and once it has the lock, release everything it holds; returns once
+/// the session waits for it.
+async fn waits_by_hand(
+    observer: &mut PgConnection,
+    mut conn: PgConnection,
+    pid: i32,
+    lock: &'static str,
+    id: LockId,
+) -> tokio::task::JoinHandle<()> {
+    let waits = tokio::spawn(async move {
+        by_hand(&mut conn, lock, id).await;
+        by_hand(&mut conn, UNLOCK_ALL, id).await;
+    });
+    until_waiting(observer, pid).await;
+    waits
+}
+
 /// S holds Y shared and waits for X shared; A holds X and waits for Y
 /// shared, queued behind C, who waits for Y exclusive, which S blocks. The
 /// cycle S, A, C runs through a place in a queue (A behind C), not a held
@@ -275,21 +298,13 @@ async fn a_cycle_through_a_queue(plain: bool) -> Result<(), Error> {
     let mut observer = connect().await;
     let (mut s, _) = session_with_deadlock_timeout("1s").await;
     let (mut a, a_pid) = session_with_deadlock_timeout("1s").await;
-    let (mut c, c_pid) = session_with_deadlock_timeout("1s").await;
-    by_hand(&mut s, "SELECT pg_advisory_lock_shared($1, $2)", y).await;
-    by_hand(&mut a, "SELECT pg_advisory_lock($1, $2)", x).await;
-    let c_waits = tokio::spawn(async move {
-        by_hand(&mut c, "SELECT pg_advisory_lock($1, $2)", y).await;
-        by_hand(&mut c, "SELECT pg_advisory_unlock_all()", y).await;
-    });
-    until_waiting(&mut observer, c_pid).await;
-    let a_waits = tokio::spawn(async move {
-        by_hand(&mut a, "SELECT pg_advisory_lock_shared($1, $2)", y).await;
-        by_hand(&mut a, "SELECT pg_advisory_unlock_all()", y).await;
-    });
-    until_waiting(&mut observer, a_pid).await;
+    let (c, c_pid) = session_with_deadlock_timeout("1s").await;
+    by_hand(&mut s, LOCK_SHARED, y).await;
+    by_hand(&mut a, LOCK, x).await;
+    let c_waits = waits_by_hand(&mut observer, c, c_pid, LOCK, y).await;
+    let a_waits = waits_by_hand(&mut observer, a, a_pid, LOCK_SHARED, y).await;
     let taken = if plain {
-        by_hand(&mut s, "SELECT pg_advisory_lock_shared($1, $2)", x).await;
+        by_hand(&mut s, LOCK_SHARED, x).await;
         Ok(())
     } else {
         tokio::time::timeout(Duration::from_secs(20), s.lock_shared(x))
@@ -298,7 +313,7 @@ async fn a_cycle_through_a_queue(plain: bool) -> Result<(), Error> {
             .map(LockGuard::leak)
             .map(drop)
     };
-    by_hand(&mut s, "SELECT pg_advisory_unlock_all()", y).await;
+    by_hand(&mut s, UNLOCK_ALL, y).await;
     tokio::time::timeout(Duration::from_secs(20), async {
         a_waits.await.unwrap();
         c_waits.await.unwrap();
@@ -387,7 +402,7 @@ async fn a_cycle_through_a_row_lock_is_found() {
     outer.acquire().await.unwrap();
     let (mut p, p_pid) = session_with_deadlock_timeout("60s").await;
     let (mut q, q_pid) = session_with_deadlock_timeout("60s").await;
-    by_hand(&mut p, "SELECT pg_advisory_lock($1, $2)", y).await;
+    by_hand(&mut p, LOCK, y).await;
     // Transactions by hand, so that a task can own the session.
     by_hand(&mut q, "BEGIN", x).await;
     sqlx::raw_sql(AssertSqlSafe(lock_row.clone()))
@@ -395,9 +410,9 @@ async fn a_cycle_through_a_row_lock_is_found() {
         .await
         .unwrap();
     let q_waits = tokio::spawn(async move {
-        by_hand(&mut q, "SELECT pg_advisory_lock($1, $2)", x).await;
+        by_hand(&mut q, LOCK, x).await;
         by_hand(&mut q, "COMMIT", x).await;
-        by_hand(&mut q, "SELECT pg_advisory_unlock_all()", x).await;
+        by_hand(&mut q, UNLOCK_ALL, x).await;
     });
     until_waiting(&mut observer, q_pid).await;
     let p_waits = tokio::spawn(async move {
@@ -407,7 +422,7 @@ async fn a_cycle_through_a_row_lock_is_found() {
             .await
             .unwrap();
         by_hand(&mut p, "COMMIT", y).await;
-        by_hand(&mut p, "SELECT pg_advisory_unlock_all()", y).await;
+        by_hand(&mut p, UNLOCK_ALL, y).await;
     });
     // p waits for q's transaction, not for an advisory lock.
     loop {
@@ -453,17 +468,13 @@ async fn a_cycle_through_a_lock_upgrade(plain: bool, late: bool) -> Result<(), E
     let (mut s, s_pid) = session_with_deadlock_timeout("1s").await;
     let (mut t, t_pid) = session_with_deadlock_timeout("60s").await;
     let (mut h, h_pid) = session_with_deadlock_timeout("1s").await;
-    by_hand(&mut s, "SELECT pg_advisory_lock_shared($1, $2)", x).await;
-    by_hand(&mut h, "SELECT pg_advisory_lock($1, $2)", a).await;
-    by_hand(&mut t, "SELECT pg_advisory_lock_shared($1, $2)", x).await;
-    let t_waits = tokio::spawn(async move {
-        by_hand(&mut t, "SELECT pg_advisory_lock($1, $2)", x).await;
-        by_hand(&mut t, "SELECT pg_advisory_unlock_all()", x).await;
-    });
-    until_waiting(&mut observer, t_pid).await;
+    by_hand(&mut s, LOCK_SHARED, x).await;
+    by_hand(&mut h, LOCK, a).await;
+    by_hand(&mut t, LOCK_SHARED, x).await;
+    let t_waits = waits_by_hand(&mut observer, t, t_pid, LOCK, x).await;
     let s_takes = async move {
         let taken = if plain {
-            by_hand(&mut s, "SELECT pg_advisory_lock($1, $2)", a).await;
+            by_hand(&mut s, LOCK, a).await;
             Ok(())
         } else {
             tokio::time::timeout(Duration::from_secs(20), s.lock_exclusive(a))
@@ -472,7 +483,7 @@ async fn a_cycle_through_a_lock_upgrade(plain: bool, late: bool) -> Result<(), E
                 .map(LockGuard::leak)
                 .map(drop)
         };
-        by_hand(&mut s, "SELECT pg_advisory_unlock_all()", a).await;
+        by_hand(&mut s, UNLOCK_ALL, a).await;
         taken
     };
     let (s_waits, s_later) = if late {
@@ -484,9 +495,9 @@ async fn a_cycle_through_a_lock_upgrade(plain: bool, late: bool) -> Result<(), E
         until_waiting(&mut observer, s_pid).await;
     }
     let h_waits = tokio::spawn(async move {
-        by_hand(&mut h, "SELECT pg_advisory_lock_shared($1, $2)", x).await;
+        by_hand(&mut h, LOCK_SHARED, x).await;
         tokio::time::sleep(Duration::from_millis(if late { 2000 } else { 300 })).await;
-        by_hand(&mut h, "SELECT pg_advisory_unlock_all()", x).await;
+        by_hand(&mut h, UNLOCK_ALL, x).await;
     });
     until_waiting(&mut observer, h_pid).await;
     let taken = match (s_waits, s_later) {
@@ -549,13 +560,13 @@ async fn a_cycle_through_a_relation_lock_is_found_at_transaction_level() {
     run(&mut observer, format!("CREATE TABLE {table} (i int)")).await;
     let (mut s, _) = session_with_deadlock_timeout("1s").await;
     let (mut h, h_pid) = session_with_deadlock_timeout("60s").await;
-    by_hand(&mut h, "SELECT pg_advisory_lock($1, $2)", a).await;
+    by_hand(&mut h, LOCK, a).await;
     let mut tx = s.begin().await.unwrap();
     run(&mut tx, format!("SELECT FROM {table}")).await;
     let locks_table = format!("BEGIN; LOCK {table} IN ACCESS EXCLUSIVE MODE; COMMIT");
     let h_waits = tokio::spawn(async move {
         run(&mut h, locks_table).await;
-        by_hand(&mut h, "SELECT pg_advisory_unlock_all()", a).await;
+        by_hand(&mut h, UNLOCK_ALL, a).await;
     });
     loop {
         let waiting: bool = sqlx::query_scalar(
@@ -592,19 +603,11 @@ async fn a_cycle_through_a_queue_ahead_of_a_shared_wait(plain: bool, patience: D
     let mut observer = connect().await;
     let (mut s, _) = session_with_deadlock_timeout("1s").await;
     let (mut h, h_pid) = session_with_deadlock_timeout("200ms").await;
-    let (mut w, w_pid) = session_with_deadlock_timeout("200ms").await;
-    by_hand(&mut s, "SELECT pg_advisory_lock($1, $2)", y).await;
-    by_hand(&mut h, "SELECT pg_advisory_lock_shared($1, $2)", x).await;
-    let h_waits = tokio::spawn(async move {
-        by_hand(&mut h, "SELECT pg_advisory_lock($1, $2)", y).await;
-        by_hand(&mut h, "SELECT pg_advisory_unlock_all()", y).await;
-    });
-    until_waiting(&mut observer, h_pid).await;
-    let w_waits = tokio::spawn(async move {
-        by_hand(&mut w, "SELECT pg_advisory_lock($1, $2)", x).await;
-        by_hand(&mut w, "SELECT pg_advisory_unlock_all()", x).await;
-    });
-    until_waiting(&mut observer, w_pid).await;
+    let (w, w_pid) = session_with_deadlock_timeout("200ms").await;
+    by_hand(&mut s, LOCK, y).await;
+    by_hand(&mut h, LOCK_SHARED, x).await;
+    let h_waits = waits_by_hand(&mut observer, h, h_pid, LOCK, y).await;
+    let w_waits = waits_by_hand(&mut observer, w, w_pid, LOCK, x).await;
     // H's and W's detectors run, and find no cycle: S is not waiting yet.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let taken = if plain {
@@ -612,7 +615,7 @@ async fn a_cycle_through_a_queue_ahead_of_a_shared_wait(plain: bool, patience: D
         let LockId::Int4Pair(a, b) = x else {
             unreachable!("test keys are pairs")
         };
-        sqlx::query("SELECT pg_advisory_lock_shared($1, $2)")
+        sqlx::query(LOCK_SHARED)
             .bind(a)
             .bind(b)
             .execute(&mut s)
@@ -625,7 +628,7 @@ async fn a_cycle_through_a_queue_ahead_of_a_shared_wait(plain: bool, patience: D
             .map(LockGuard::leak)
             .is_some()
     };
-    by_hand(&mut s, "SELECT pg_advisory_unlock_all()", y).await;
+    by_hand(&mut s, UNLOCK_ALL, y).await;
     tokio::time::timeout(Duration::from_secs(20), async {
         h_waits.await.unwrap();
         w_waits.await.unwrap();
@@ -678,16 +681,16 @@ async fn the_deadlock_victim(plain: bool) -> (Result<(), String>, Result<(), Str
     let mut observer = connect().await;
     let (mut s, _) = session_with_deadlock_timeout("10s").await;
     let (mut h, h_pid) = session_with_deadlock_timeout("1s").await;
-    by_hand(&mut s, "SELECT pg_advisory_lock($1, $2)", x).await;
-    by_hand(&mut h, "SELECT pg_advisory_lock($1, $2)", y).await;
+    by_hand(&mut s, LOCK, x).await;
+    by_hand(&mut h, LOCK, y).await;
     let h_waits = tokio::spawn(async move {
-        let waited = sqlstate_of(&mut h, "SELECT pg_advisory_lock($1, $2)", x).await;
-        by_hand(&mut h, "SELECT pg_advisory_unlock_all()", y).await;
+        let waited = sqlstate_of(&mut h, LOCK, x).await;
+        by_hand(&mut h, UNLOCK_ALL, y).await;
         waited
     });
     until_waiting(&mut observer, h_pid).await;
     let waited = if plain {
-        sqlstate_of(&mut s, "SELECT pg_advisory_lock($1, $2)", y).await
+        sqlstate_of(&mut s, LOCK, y).await
     } else {
         tokio::time::timeout(Duration::from_secs(20), s.lock_exclusive(y))
             .await
@@ -699,7 +702,7 @@ async fn the_deadlock_victim(plain: bool) -> (Result<(), String>, Result<(), Str
                 e => panic!("{e}"),
             })
     };
-    by_hand(&mut s, "SELECT pg_advisory_unlock_all()", y).await;
+    by_hand(&mut s, UNLOCK_ALL, y).await;
     let h_waited = h_waits.await.unwrap();
     assert!(is_free(x).await && is_free(y).await);
     (waited, h_waited)
