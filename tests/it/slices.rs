@@ -256,6 +256,18 @@ const UNLOCK_ALL: &str = "SELECT pg_advisory_unlock_all()";
 /// Runs `text` on `conn`, binding the halves of `id` when it has
 /// parameters.
 async fn by_hand(conn: &mut PgConnection, text: &'static str, id: LockId) {
+    if let Err(code) = sqlstate_of(conn, text, id).await {
+        panic!("{text} failed with {code}");
+    }
+}
+
+/// Runs `text` on `conn` as [`by_hand`] does, answering its SQLSTATE if it
+/// fails.
+async fn sqlstate_of(
+    conn: &mut PgConnection,
+    text: &'static str,
+    id: LockId,
+) -> Result<(), String> {
     let LockId::Int4Pair(a, b) = id else {
         unreachable!("test keys are pairs")
     };
@@ -265,7 +277,31 @@ async fn by_hand(conn: &mut PgConnection, text: &'static str, id: LockId) {
     } else {
         query
     };
-    query.execute(conn).await.unwrap();
+    match query.execute(conn).await {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(e)) => Err(e.code().unwrap_or_default().into_owned()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Waits until session `pid` waits for a lock of any kind (a row, a
+/// relation), not only an advisory one.
+async fn until_waiting_for_any_lock(observer: &mut PgConnection, pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND pid = $1)",
+        )
+        .bind(pid)
+        .fetch_one(&mut *observer)
+        .await
+        .unwrap();
+        if waiting {
+            return;
+        }
+        assert!(Instant::now() < deadline, "session {pid} never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Has `conn`'s session (pid `pid`) run `lock` on `id` on a task of its
@@ -425,19 +461,7 @@ async fn a_cycle_through_a_row_lock_is_found() {
         by_hand(&mut p, UNLOCK_ALL, y).await;
     });
     // p waits for q's transaction, not for an advisory lock.
-    loop {
-        let waiting: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND pid = $1)",
-        )
-        .bind(p_pid)
-        .fetch_one(&mut observer)
-        .await
-        .unwrap();
-        if waiting {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_waiting_for_any_lock(&mut observer, p_pid).await;
     let taken = tokio::time::timeout(
         Duration::from_secs(30),
         ExclusiveLock::new(&mut outer, y).acquire(),
@@ -568,19 +592,7 @@ async fn a_cycle_through_a_relation_lock_is_found_at_transaction_level() {
         run(&mut h, locks_table).await;
         by_hand(&mut h, UNLOCK_ALL, a).await;
     });
-    loop {
-        let waiting: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND pid = $1)",
-        )
-        .bind(h_pid)
-        .fetch_one(&mut observer)
-        .await
-        .unwrap();
-        if waiting {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_waiting_for_any_lock(&mut observer, h_pid).await;
     let taken = tokio::time::timeout(Duration::from_secs(20), tx.xact_lock_exclusive(a))
         .await
         .expect("the cycle was never broken");
@@ -653,22 +665,6 @@ async fn a_cycle_through_a_queue_ahead_of_a_shared_wait_is_resolved_for_a_sliced
         a_cycle_through_a_queue_ahead_of_a_shared_wait(false, Duration::from_secs(10)).await,
         "S waited until its time ran out"
     );
-}
-
-/// Runs `text` on `conn`, answering its SQLSTATE if it fails.
-async fn sqlstate_of(
-    conn: &mut PgConnection,
-    text: &'static str,
-    id: LockId,
-) -> Result<(), String> {
-    let LockId::Int4Pair(a, b) = id else {
-        unreachable!("test keys are pairs")
-    };
-    match sqlx::query(text).bind(a).bind(b).execute(conn).await {
-        Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(e)) => Err(e.code().unwrap_or_default().into_owned()),
-        Err(e) => panic!("{e}"),
-    }
 }
 
 /// S holds X, with a `deadlock_timeout` of 10 s; H holds Y and waits for
