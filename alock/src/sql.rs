@@ -1,10 +1,11 @@
 //! Every SQL text this crate sends. `DESIGN.md` explains them on one page.
 //!
-//! - One PL/pgSQL body ([`body`]) does every acquire that may wait or takes
-//!   several ids, at either level, and another ([`release_body`]) every
-//!   release of several ids. Outside a transaction they run as the
-//!   session's functions in `pg_temp`; inside one, on sessions that cannot
-//!   create functions, and from `Drop`, as anonymous `DO` blocks.
+//! - One PL/pgSQL body per level ([`body`]) does every acquire that may
+//!   wait or takes several ids, and another ([`release_body`]) every
+//!   release of several ids. Outside a transaction the session-level ones
+//!   run as the session's functions in `pg_temp`; inside one, on sessions
+//!   that cannot create functions, and from `Drop`, as anonymous `DO`
+//!   blocks, as the transaction-level body always does.
 //! - A single id that is free costs one plain statement ([`lock_one`],
 //!   [`unlock_one`], [`try_xact_one`]), what hand-written SQL costs.
 //! - At transaction level nothing is prepared: [`try_xact_one`] and the
@@ -36,26 +37,33 @@ macro_rules! first_record {
 }
 
 /// The session's functions; the version changes whenever a body does.
-const ACQUIRE_FN: &str = "pg_temp.alock_v5_acquire";
-const RELEASE_FN: &str = "pg_temp.alock_v5_release";
+const ACQUIRE_FN: &str = "pg_temp.alock_v6_acquire";
+const RELEASE_FN: &str = "pg_temp.alock_v6_release";
 
-/// The per-id lock call of a body, on `k[j]` or `(a[j], b[j])`, in the mode
-/// chosen by the body's `shared` argument.
-fn call(function: &str, j: &str) -> String {
+/// The statement `statement(call)` for id `j` of a body (a PL/pgSQL
+/// expression), where `call` is `function` called on that id in the body's
+/// mode (its `shared` argument) and the id's form (`k[j]`, or `a[j], b[j]`).
+/// The four variants are chosen by PL/pgSQL `IF`s rather than inside one
+/// expression, so that a call evaluates, and prepares once per transaction,
+/// only the variant it runs.
+fn per_id(function: &str, j: &str, statement: impl Fn(&str) -> String) -> String {
+    let int8 = |suffix: &str| statement(&format!("{function}{suffix}(k[{j}])"));
+    let pair = |suffix: &str| statement(&format!("{function}{suffix}(a[{j}], b[{j}])"));
     format!(
-        "CASE WHEN shared THEN \
-           CASE WHEN a[{j}] IS NULL THEN {function}_shared(k[{j}]) \
-                ELSE {function}_shared(a[{j}], b[{j}]) END \
-         ELSE \
-           CASE WHEN a[{j}] IS NULL THEN {function}(k[{j}]) \
-                ELSE {function}(a[{j}], b[{j}]) END END"
+        "IF shared THEN \
+           IF a[{j}] IS NULL THEN {} ELSE {} END IF; \
+         ELSIF a[{j}] IS NULL THEN {} ELSE {} END IF;",
+        int8("_shared"),
+        pair("_shared"),
+        int8(""),
+        pair(""),
     )
 }
 
 /// Declarations of [`body`] beyond its arguments.
 const BODY_DECLARATIONS: &str = "\
     n int := greatest(cardinality(k), cardinality(a)); \
-    taken int := 0; waiting int := 0; outcome text; long bool := false; \
+    taken int := 0; waiting int := 0; free bool; outcome text; long bool := false; \
     saved text; slice int8; remaining int8; ignored text;";
 
 /// Gives back the ids a body took (`taken` of them) with their records,
@@ -72,15 +80,17 @@ const BODY_DECLARATIONS: &str = "\
 /// same id). A retry that finds the record gone only counts down, with the
 /// server's warning that it was not held.
 fn give_back() -> String {
-    let unlock = call("pg_advisory_unlock", "taken");
+    let step = per_id("pg_advisory_unlock", "taken", |unlock| {
+        format!(
+            "taken := taken - 1 \
+                      - (CASE WHEN pg_advisory_unlock_shared({TOKEN_NAMESPACE} + taken, token) \
+                              THEN {unlock} ELSE true END IS NULL)::int;"
+        )
+    });
     format!(
         "LOOP \
            BEGIN \
-             WHILE taken > 0 LOOP \
-               taken := taken - 1 \
-                        - (CASE WHEN pg_advisory_unlock_shared({TOKEN_NAMESPACE} + taken, token) \
-                                THEN ({unlock}) ELSE true END IS NULL)::int; \
-             END LOOP; \
+             WHILE taken > 0 LOOP {step} END LOOP; \
              EXIT; \
            EXCEPTION WHEN query_canceled OR lock_not_available THEN NULL; \
            END; \
@@ -88,27 +98,40 @@ fn give_back() -> String {
     )
 }
 
-/// Starts waiting: sets `lock_timeout` to one slice, or to what is left of
-/// the call's budget if less, for the transaction: a session-level acquire
-/// runs outside transactions, so it ends with its statement; a
-/// transaction-level one restores it. A slice is `deadlock_timeout` + 100
-/// ms, so that the server's deadlock detector runs in it, but at most 900
-/// ms less a random part of up to 150 ms, so that an abandoned wait ends
-/// within 900 ms and two waits do not end their slices in step; the body
-/// then looks for a cycle itself at the end of a slice ([`deadlocked`]),
-/// and if it finds one waits again in the same call, `long`: for
-/// `deadlock_timeout` + 100 ms whatever that is, so that the server's
-/// detector runs.
-/// `remaining` is NULL when the call has no budget.
-const START_WAITING: &str = "\
-    saved := current_setting('lock_timeout'); \
-    slice := least((date_part('epoch', current_setting('deadlock_timeout')::interval) * 1000)::int8 \
-                   + 100, CASE WHEN NOT long THEN 900 - (random() * 150)::int8 END); \
-    remaining := CASE WHEN wait_ms > 0 THEN greatest(wait_ms - greatest(waited_ms, 0), 1) \
-                      WHEN saved <> '0' \
-                      THEN greatest((date_part('epoch', saved::interval) * 1000)::int8 \
-                                    - greatest(waited_ms, 0), 1) END; \
-    ignored := set_config('lock_timeout', least(coalesce(remaining, slice), slice) || 'ms', true);";
+/// Starts waiting, once per call: sets `lock_timeout` to one slice, or to
+/// what is left of the call's budget if less, for the transaction. A
+/// session-level acquire runs outside transactions, so the setting ends
+/// with its statement; the transaction-level body keeps the old value in
+/// `saved` and restores it. A slice is `deadlock_timeout` + 100 ms, so that
+/// the server's deadlock detector runs in it, but at most 900 ms less a
+/// random part of up to 150 ms, so that an abandoned wait ends within 900
+/// ms and two waits do not end their slices in step; the body then looks
+/// for a cycle itself at the end of a slice ([`deadlocked`]), and if it
+/// finds one waits again in the same call, `long`: for `deadlock_timeout` +
+/// 100 ms whatever that is, so that the server's detector runs.
+/// `remaining` stays NULL when the call has no budget.
+fn start_waiting(xact: bool) -> String {
+    let save = if xact {
+        "saved := current_setting('lock_timeout');"
+    } else {
+        ""
+    };
+    format!(
+        "IF slice IS NULL THEN \
+           {save} \
+           slice := least((date_part('epoch', current_setting('deadlock_timeout')::interval) \
+                           * 1000)::int8 + 100, \
+                          CASE WHEN NOT long THEN 900 - (random() * 150)::int8 END); \
+           IF wait_ms > 0 THEN \
+             remaining := greatest(wait_ms - greatest(waited_ms, 0), 1); \
+           ELSIF current_setting('lock_timeout') <> '0' THEN \
+             remaining := greatest((date_part('epoch', current_setting('lock_timeout')::interval) \
+                                    * 1000)::int8 - greatest(waited_ms, 0), 1); \
+           END IF; \
+           ignored := set_config('lock_timeout', least(remaining, slice) || 'ms', true); \
+         END IF;"
+    )
+}
 
 /// Whether, at the end of a slice spent waiting for id `i` (a PL/pgSQL
 /// expression), the wait may be part of a cycle: whether a session that
@@ -159,13 +182,13 @@ fn granted_to_session(i: &str) -> String {
     )
 }
 
-/// The acquire body. Arguments: `k int8[]`, `a int4[]`, `b int4[]` (one
-/// entry per id, NULL where the id is of the other form), `shared bool`,
-/// `xact bool`, `wait_ms int8` (0: never wait; -1: as long as the session's
-/// `lock_timeout` allows; otherwise the caller's timeout), `waited_ms int8`
-/// (waited by earlier slices of this call; -1 when the caller just found the
-/// first id busy, so that it is waited for without another try), `token
-/// int4`.
+/// The acquire body of a level: one text per level. Arguments: `k int8[]`,
+/// `a int4[]`, `b int4[]` (one entry per id, NULL where the id is of the
+/// other form), `shared bool`, `wait_ms int8` (0: never wait; -1: as long
+/// as the session's `lock_timeout` allows; otherwise the caller's timeout),
+/// `waited_ms int8` (waited by earlier slices of this call; -1 when the
+/// caller just found the first id busy, so that it is waited for without
+/// another try), `token int4`.
 ///
 /// Returns `acquired`, `waited` (acquired after waiting), `busy`,
 /// `waiting` (a slice ended; call again), or `SQLSTATE message`. All or
@@ -190,83 +213,115 @@ fn granted_to_session(i: &str) -> String {
 /// call holds (a prefix of its positions); the last of them is the id being
 /// waited for when `pg_locks` does not show that id held in this mode, and
 /// then only its record is given back (a grant that raced the error is
-/// kept, and counted). At transaction level every id is tried, then waited
-/// for if busy (`waiting` says which), and the block's rollback gives back
-/// everything on an error.
-pub(crate) fn body() -> String {
-    let xact_try = call("pg_try_advisory_xact_lock", "j");
-    let xact_wait = call("pg_advisory_xact_lock", "j");
-    let session_try = call("pg_try_advisory_lock", "j");
-    let session_wait = call("pg_advisory_lock", "j");
-    let granted_to_session = granted_to_session("taken");
+/// kept, and counted).
+///
+/// At transaction level every id is tried, then waited for if busy
+/// (`waiting` says which), and the block's rollback gives back everything
+/// on an error.
+pub(crate) fn body(xact: bool) -> String {
+    let start_waiting = start_waiting(xact);
+    let take_all = if xact {
+        let try_one = per_id("pg_try_advisory_xact_lock", "j", |call| {
+            format!("free := {call};")
+        });
+        let wait_one = per_id("pg_advisory_xact_lock", "j", |call| {
+            format!("PERFORM {call};")
+        });
+        format!(
+            "{try_one} \
+             IF NOT free THEN \
+               IF wait_ms = 0 THEN RAISE SQLSTATE 'AL002'; END IF; \
+               {start_waiting} \
+               waiting := j; \
+               {wait_one} \
+             END IF;"
+        )
+    } else {
+        let try_one = per_id("pg_try_advisory_lock", "j", |call| {
+            format!(
+                "taken := taken + (pg_try_advisory_lock_shared({TOKEN_NAMESPACE} + j, token) \
+                                   AND ({call} \
+                                        OR (pg_advisory_unlock_shared({TOKEN_NAMESPACE} + j, token) \
+                                            IS NULL)))::int;"
+            )
+        });
+        let wait_one = per_id("pg_advisory_lock", "j", |call| {
+            format!("taken := j + ({call} IS NULL)::int;")
+        });
+        format!(
+            "IF j > 1 OR waited_ms >= 0 THEN {try_one} END IF; \
+             IF taken < j THEN \
+               IF wait_ms = 0 THEN RAISE SQLSTATE 'AL002'; END IF; \
+               {start_waiting} \
+               IF NOT pg_try_advisory_lock_shared({TOKEN_NAMESPACE} + j, token) THEN \
+                 RAISE SQLSTATE 'AL003' USING MESSAGE = 'another session holds this call''s record'; \
+               END IF; \
+               {wait_one} \
+             END IF;"
+        )
+    };
+    // What the session holds after an error, at session level; the
+    // transaction-level block's rollback gave back everything.
+    let (give_back_busy, count_held, give_back_rest, restore) = if xact {
+        (
+            String::new(),
+            String::new(),
+            String::new(),
+            "IF slice IS NOT NULL THEN ignored := set_config('lock_timeout', saved, true); END IF;",
+        )
+    } else {
+        (
+            give_back(),
+            format!(
+                "taken := (SELECT coalesce(max(l.classid::int8 - {TOKEN_NAMESPACE}), 0) FROM pg_locks l \
+                            WHERE l.locktype = 'advisory' AND l.granted AND l.pid = pg_backend_pid() \
+                              AND l.mode = 'ShareLock' AND l.objsubid = 2 \
+                              AND l.objid::int8 = token::int8 & 4294967295 \
+                              AND l.classid::int8 BETWEEN {TOKEN_NAMESPACE} + 1 \
+                                                      AND {TOKEN_NAMESPACE} + n)::int; \
+                 waiting := CASE WHEN taken > 0 AND NOT {granted} THEN taken ELSE 0 END;",
+                granted = granted_to_session("taken"),
+            ),
+            format!(
+                "taken := taken - (waiting > 0 \
+                                   AND pg_advisory_unlock_shared({TOKEN_NAMESPACE} + waiting, token))::int; \
+                 {give_back}",
+                give_back = give_back(),
+            ),
+            "",
+        )
+    };
     let deadlocked = deadlocked("waiting");
-    let give_back = give_back();
     format!(
         "LOOP \
          BEGIN \
-           FOR j IN 1..n LOOP \
-             IF xact THEN \
-               IF NOT ({xact_try}) THEN \
-                 IF wait_ms = 0 THEN RAISE SQLSTATE 'AL002'; END IF; \
-                 IF slice IS NULL THEN {START_WAITING} END IF; \
-                 waiting := j; \
-                 PERFORM {xact_wait}; \
-               END IF; \
-             ELSE \
-               IF j > 1 OR waited_ms >= 0 THEN \
-                 taken := taken + (pg_try_advisory_lock_shared({TOKEN_NAMESPACE} + j, token) \
-                                   AND (({session_try}) \
-                                        OR (pg_advisory_unlock_shared({TOKEN_NAMESPACE} + j, token) \
-                                            IS NULL)))::int; \
-               END IF; \
-               IF taken < j THEN \
-                 IF wait_ms = 0 THEN RAISE SQLSTATE 'AL002'; END IF; \
-                 IF slice IS NULL THEN {START_WAITING} END IF; \
-                 IF NOT pg_try_advisory_lock_shared({TOKEN_NAMESPACE} + j, token) THEN \
-                   RAISE SQLSTATE 'AL003' USING MESSAGE = 'another session holds this call''s record'; \
-                 END IF; \
-                 taken := j + (({session_wait}) IS NULL)::int; \
-               END IF; \
-             END IF; \
-           END LOOP; \
+           FOR j IN 1..n LOOP {take_all} END LOOP; \
            outcome := CASE WHEN slice IS NOT NULL OR waited_ms <> 0 THEN 'waited' ELSE 'acquired' END; \
          EXCEPTION \
            WHEN SQLSTATE 'AL002' THEN \
              outcome := 'busy'; \
-             {give_back} \
+             {give_back_busy} \
            WHEN OTHERS OR query_canceled THEN \
              outcome := CASE \
                WHEN SQLSTATE <> '55P03' OR slice IS NULL THEN SQLSTATE || ' ' || SQLERRM \
                WHEN remaining IS NULL OR remaining > slice THEN 'waiting' \
                WHEN wait_ms > 0 THEN 'busy' \
                ELSE SQLSTATE || ' ' || SQLERRM END; \
-             IF NOT xact THEN \
-               taken := (SELECT coalesce(max(l.classid::int8 - {TOKEN_NAMESPACE}), 0) FROM pg_locks l \
-                          WHERE l.locktype = 'advisory' AND l.granted AND l.pid = pg_backend_pid() \
-                            AND l.mode = 'ShareLock' AND l.objsubid = 2 \
-                            AND l.objid::int8 = token::int8 & 4294967295 \
-                            AND l.classid::int8 BETWEEN {TOKEN_NAMESPACE} + 1 \
-                                                    AND {TOKEN_NAMESPACE} + n)::int; \
-               waiting := CASE WHEN taken > 0 AND NOT {granted_to_session} THEN taken ELSE 0 END; \
-             END IF; \
+             {count_held} \
              IF outcome = 'waiting' AND waiting > 0 AND NOT long \
                 AND slice < (date_part('epoch', current_setting('deadlock_timeout')::interval) \
                              * 1000)::int8 + 100 \
                 AND {deadlocked} THEN \
                outcome := 'again'; \
              END IF; \
-             taken := taken - (NOT xact AND waiting > 0 \
-                               AND pg_advisory_unlock_shared({TOKEN_NAMESPACE} + waiting, token))::int; \
-             {give_back} \
+             {give_back_rest} \
          END; \
          EXIT WHEN outcome <> 'again'; \
          long := true; \
          waited_ms := greatest(waited_ms, 0) + slice; \
-         slice := NULL; taken := 0; waiting := 0; \
+         slice := NULL; remaining := NULL; taken := 0; waiting := 0; \
          END LOOP; \
-         IF slice IS NOT NULL AND xact THEN \
-           ignored := set_config('lock_timeout', saved, true); \
-         END IF;"
+         {restore}"
     )
 }
 
@@ -284,15 +339,19 @@ pub(crate) fn body() -> String {
 /// position an interrupt was caught at (`retried`), where the step may
 /// have run.
 pub(crate) fn release_body() -> String {
-    let unlock = call("pg_advisory_unlock", "(p & 4294967295)::int");
+    let step = per_id("pg_advisory_unlock", "i", |unlock| {
+        format!(
+            "p := p - 1 + 4294967296 * (CASE \
+                   WHEN pg_advisory_unlock_shared({TOKEN_NAMESPACE} + i, token) \
+                   THEN NOT {unlock} ELSE i <> retried END)::int::int8;"
+        )
+    });
     format!(
         "LOOP \
            BEGIN \
              WHILE (p & 4294967295) > 0 LOOP \
-               p := p - 1 + 4294967296 * (CASE \
-                      WHEN pg_advisory_unlock_shared({TOKEN_NAMESPACE} + (p & 4294967295)::int, token) \
-                      THEN NOT ({unlock}) \
-                      ELSE (p & 4294967295) <> retried END)::int::int8; \
+               i := (p & 4294967295)::int; \
+               {step} \
              END LOOP; \
              EXIT; \
            EXCEPTION WHEN query_canceled OR lock_not_available THEN \
@@ -305,14 +364,14 @@ pub(crate) fn release_body() -> String {
 
 /// Declarations of [`release_body`] beyond its arguments.
 const RELEASE_DECLARATIONS: &str = "\
-    p int8 := greatest(cardinality(k), cardinality(a)); retried int8 := 0; missing int;";
+    p int8 := greatest(cardinality(k), cardinality(a)); i int; retried int8 := 0; missing int;";
 
 /// Creates the session's functions, private to the session and gone when
 /// it ends. One simple query.
 pub(crate) fn create_functions() -> String {
     format!(
         "CREATE OR REPLACE FUNCTION {ACQUIRE_FN}\
-           (k int8[], a int4[], b int4[], shared bool, xact bool, \
+           (k int8[], a int4[], b int4[], shared bool, \
             wait_ms int8, waited_ms int8, token int4) \
          RETURNS text LANGUAGE plpgsql VOLATILE AS $alock$ \
          DECLARE {BODY_DECLARATIONS} \
@@ -322,7 +381,7 @@ pub(crate) fn create_functions() -> String {
          RETURNS int LANGUAGE plpgsql VOLATILE AS $alock$ \
          DECLARE {RELEASE_DECLARATIONS} \
          BEGIN {release} RETURN missing; END $alock$;",
-        body = body(),
+        body = body(false),
         release = release_body(),
     )
 }
@@ -345,7 +404,7 @@ pub(crate) const fn lock_one(id: LockId, shared: bool) -> &'static str {
             first_record!(),
             ", $2) THEN 'acquired' ",
             "WHEN $3 = 0 THEN 'busy' ",
-            "ELSE pg_temp.alock_v5_acquire(ARRAY[$1], NULL, NULL, false, false, $3, CASE WHEN $4 = 0 THEN -1 ELSE $4 END, $2) END, pg_backend_pid()"
+            "ELSE pg_temp.alock_v6_acquire(ARRAY[$1], NULL, NULL, false, $3, CASE WHEN $4 = 0 THEN -1 ELSE $4 END, $2) END, pg_backend_pid()"
         ),
         (LockId::Int8(_), true) => concat!(
             "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(",
@@ -356,7 +415,7 @@ pub(crate) const fn lock_one(id: LockId, shared: bool) -> &'static str {
             first_record!(),
             ", $2) THEN 'acquired' ",
             "WHEN $3 = 0 THEN 'busy' ",
-            "ELSE pg_temp.alock_v5_acquire(ARRAY[$1], NULL, NULL, true, false, $3, CASE WHEN $4 = 0 THEN -1 ELSE $4 END, $2) END, pg_backend_pid()"
+            "ELSE pg_temp.alock_v6_acquire(ARRAY[$1], NULL, NULL, true, $3, CASE WHEN $4 = 0 THEN -1 ELSE $4 END, $2) END, pg_backend_pid()"
         ),
         (LockId::Int4Pair(..), false) => concat!(
             "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(",
@@ -367,7 +426,7 @@ pub(crate) const fn lock_one(id: LockId, shared: bool) -> &'static str {
             first_record!(),
             ", $3) THEN 'acquired' ",
             "WHEN $4 = 0 THEN 'busy' ",
-            "ELSE pg_temp.alock_v5_acquire(NULL, ARRAY[$1], ARRAY[$2], false, false, $4, CASE WHEN $5 = 0 THEN -1 ELSE $5 END, $3) END, pg_backend_pid()"
+            "ELSE pg_temp.alock_v6_acquire(NULL, ARRAY[$1], ARRAY[$2], false, $4, CASE WHEN $5 = 0 THEN -1 ELSE $5 END, $3) END, pg_backend_pid()"
         ),
         (LockId::Int4Pair(..), true) => concat!(
             "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(",
@@ -378,7 +437,7 @@ pub(crate) const fn lock_one(id: LockId, shared: bool) -> &'static str {
             first_record!(),
             ", $3) THEN 'acquired' ",
             "WHEN $4 = 0 THEN 'busy' ",
-            "ELSE pg_temp.alock_v5_acquire(NULL, ARRAY[$1], ARRAY[$2], true, false, $4, CASE WHEN $5 = 0 THEN -1 ELSE $5 END, $3) END, pg_backend_pid()"
+            "ELSE pg_temp.alock_v6_acquire(NULL, ARRAY[$1], ARRAY[$2], true, $4, CASE WHEN $5 = 0 THEN -1 ELSE $5 END, $3) END, pg_backend_pid()"
         ),
     }
 }
@@ -433,14 +492,14 @@ pub(crate) fn try_xact_one(id: LockId, shared: bool) -> String {
 /// outcome and the session's pid. Bind: `int8[]`, `int4[]`, `int4[]`,
 /// shared, wait_ms, waited_ms, token. 1 round trip.
 pub(crate) const ACQUIRE_MANY: &str =
-    "SELECT pg_temp.alock_v5_acquire($1, $2, $3, $4, false, $5, $6, $7), pg_backend_pid()";
+    "SELECT pg_temp.alock_v6_acquire($1, $2, $3, $4, $5, $6, $7), pg_backend_pid()";
 
 /// Calls the session's release function if this is the session that took
 /// the ids (NULL on another, which is left alone); answers how many were
 /// missing and the session's pid. Bind: the arrays in release order,
 /// shared, token, the pid that took them. 1 round trip.
 pub(crate) const RELEASE_MANY: &str = "SELECT CASE WHEN pg_backend_pid() = $6 \
-       THEN pg_temp.alock_v5_release($1, $2, $3, $4, $5) END, pg_backend_pid()";
+       THEN pg_temp.alock_v6_release($1, $2, $3, $4, $5) END, pg_backend_pid()";
 
 /// How many of the given ids this session holds, granted, in the given
 /// mode, and the session's pid. Bind: `int8[]` classids, `int8[]` objids,
@@ -490,13 +549,13 @@ pub(crate) fn acquire_block(
     token: i32,
 ) -> String {
     format!(
-        "DO $alock$ DECLARE {arrays} shared bool := {shared}; xact bool := {xact}; \
+        "DO $alock$ DECLARE {arrays} shared bool := {shared}; \
            wait_ms int8 := {wait_ms}; waited_ms int8 := {waited_ms}; token int4 := {token}; \
            {BODY_DECLARATIONS} \
          BEGIN {body} PERFORM set_config('alock.outcome', outcome, false); END $alock$; \
          SELECT current_setting('alock.outcome'), pg_backend_pid()",
         arrays = arrays(ids),
-        body = body(),
+        body = body(xact),
     )
 }
 
@@ -526,7 +585,12 @@ pub(crate) fn release_block(ids: &[LockId], shared: bool, token: i32, pid: i32) 
 /// from what `pg_locks` then shows. An anonymous block, so that it needs
 /// nothing of the session, with `statement_timeout` lifted for it.
 pub(crate) fn release_recorded(ids: &[LockId], shared: bool, token: i32) -> String {
-    let unlock = call("pg_advisory_unlock", "j");
+    let step = per_id("pg_advisory_unlock", "j", |unlock| {
+        format!(
+            "ignored := ({unlock} IS NULL)::text \
+                     || (pg_advisory_unlock_shared({TOKEN_NAMESPACE} + j, token) IS NULL)::text;"
+        )
+    });
     format!(
         "SELECT set_config('statement_timeout', '0', true); \
          DO $alock$ DECLARE {arrays} shared bool := {shared}; token int4 := {token}; \
@@ -538,10 +602,7 @@ pub(crate) fn release_recorded(ids: &[LockId], shared: bool, token: i32) -> Stri
                          WHERE l.locktype = 'advisory' AND l.granted AND l.pid = pg_backend_pid() \
                            AND l.mode = 'ShareLock' AND l.objsubid = 2 AND l.objid::int8 = {objid} \
                            AND l.classid::int8 BETWEEN {TOKEN_NAMESPACE} + 1 AND {TOKEN_NAMESPACE} + n \
-                         ORDER BY 1 DESC LOOP \
-                 ignored := (({unlock}) IS NULL)::text \
-                         || (pg_advisory_unlock_shared({TOKEN_NAMESPACE} + j, token) IS NULL)::text; \
-               END LOOP; \
+                         ORDER BY 1 DESC LOOP {step} END LOOP; \
                EXIT; \
              EXCEPTION WHEN query_canceled OR lock_not_available THEN NULL; \
              END; \
@@ -598,7 +659,7 @@ mod tests {
     #[test]
     fn custom_sqlstates_are_not_categories() {
         // PL/pgSQL treats a SQLSTATE ending in 000 as a whole class.
-        let body = body();
+        let body = body(false) + &body(true);
         assert!(!body.contains("'AL000'"));
         assert!(body.contains("'AL002'"));
     }

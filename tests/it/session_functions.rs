@@ -15,7 +15,7 @@ use sqlx::{Connection, PgConnection};
 async fn functions(conn: &mut PgConnection) -> Vec<(String, String)> {
     sqlx::query_as(
         "SELECT proname::text, xmin::text FROM pg_proc
-          WHERE pronamespace = pg_my_temp_schema() AND proname LIKE 'alock_v5_%'
+          WHERE pronamespace = pg_my_temp_schema() AND proname LIKE 'alock_v6_%'
           ORDER BY proname",
     )
     .fetch_all(conn)
