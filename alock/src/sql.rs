@@ -657,6 +657,19 @@ mod tests {
     }
 
     #[test]
+    fn each_level_has_a_body_of_its_own() {
+        let (session, xact) = (body(false), body(true));
+        assert!(!session.contains("xact"));
+        for session_level in [
+            "pg_advisory_lock",
+            "pg_try_advisory_lock",
+            "pg_advisory_unlock",
+        ] {
+            assert!(!xact.contains(session_level), "{session_level}");
+        }
+    }
+
+    #[test]
     fn custom_sqlstates_are_not_categories() {
         // PL/pgSQL treats a SQLSTATE ending in 000 as a whole class.
         let body = body(false) + &body(true);
