@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use alock::prelude::*;
 use alock::{Error, ExclusiveLock, LockGuard, LockId};
 use alock_dev::{
-    Held, backend_pid, connect, held, hold_elsewhere, is_free, lock_on,
+    Held, all_free, backend_pid, connect, held, hold_elsewhere, is_free, lock_on,
     session_with_deadlock_timeout, unique_key, unique_keys, until_waiting,
 };
 use sqlx::{AssertSqlSafe, PgConnection};
@@ -322,6 +322,20 @@ async fn waits_by_hand(
     waits
 }
 
+/// Waits (20 s at most) for the sessions that `waits_by_hand` or a task of
+/// a test left waiting to get their locks and let go, then checks on the
+/// server that `ids` are all free again.
+async fn all_got_their_locks(waits: [tokio::task::JoinHandle<()>; 2], ids: [LockId; 2], who: &str) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        for waits in waits {
+            waits.await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{who} never got their locks"));
+    assert!(all_free(&ids).await);
+}
+
 /// S holds Y shared and waits for X shared; A holds X and waits for Y
 /// shared, queued behind C, who waits for Y exclusive, which S blocks. The
 /// cycle S, A, C runs through a place in a queue (A behind C), not a held
@@ -350,13 +364,7 @@ async fn a_cycle_through_a_queue(plain: bool) -> Result<(), Error> {
             .map(drop)
     };
     by_hand(&mut s, UNLOCK_ALL, y).await;
-    tokio::time::timeout(Duration::from_secs(20), async {
-        a_waits.await.unwrap();
-        c_waits.await.unwrap();
-    })
-    .await
-    .expect("A or C never got their locks");
-    assert!(is_free(x).await && is_free(y).await);
+    all_got_their_locks([a_waits, c_waits], [x, y], "A or C").await;
     taken
 }
 
@@ -533,13 +541,7 @@ async fn a_cycle_through_a_lock_upgrade(plain: bool, late: bool) -> Result<(), E
         }
         (None, None) => unreachable!(),
     };
-    tokio::time::timeout(Duration::from_secs(20), async {
-        h_waits.await.unwrap();
-        t_waits.await.unwrap();
-    })
-    .await
-    .expect("H or T never got their locks");
-    assert!(is_free(x).await && is_free(a).await);
+    all_got_their_locks([h_waits, t_waits], [x, a], "H or T").await;
     taken
 }
 
@@ -641,13 +643,7 @@ async fn a_cycle_through_a_queue_ahead_of_a_shared_wait(plain: bool, patience: D
             .is_some()
     };
     by_hand(&mut s, UNLOCK_ALL, y).await;
-    tokio::time::timeout(Duration::from_secs(20), async {
-        h_waits.await.unwrap();
-        w_waits.await.unwrap();
-    })
-    .await
-    .expect("H or W never got their locks");
-    assert!(is_free(x).await && is_free(y).await);
+    all_got_their_locks([h_waits, w_waits], [x, y], "H or W").await;
     taken
 }
 
