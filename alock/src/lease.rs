@@ -363,6 +363,11 @@ impl Lease {
     /// be made within the check interval counts as a loss
     /// ([`LostCause::Unresponsive`]): keep borrows shorter than that.
     ///
+    /// A statement run here commits, if at all, while its session holds the
+    /// ids. When the session ends during a statement, the statement may
+    /// have committed without its answer reaching you; ask the server to
+    /// know.
+    ///
     /// # Errors
     ///
     /// [`Error::LeaseLost`] once the lease is lost: its connection was
